@@ -1,0 +1,1 @@
+"""Training-data builders (SFT stages, self-distillation pairs, RL data)."""

@@ -1,0 +1,1 @@
+"""Airflow DAG definitions. The only package that imports airflow."""

@@ -1,0 +1,97 @@
+"""SID formatting and quality metrics.
+
+Definitions (n keys, codes of shape (n, depth) for RQ, k_l clusters at layer l):
+
+- CUR (code utilization rate) of a layer: distinct codes used / that layer's code space.
+- CUR of a prefix of length l: distinct prefixes / (k_1 * ... * k_l).
+- CUR of the full SID: distinct full SIDs / (k_1 * k_2 * ... * k_depth), as in the
+  OneSearch papers; OPQ codes make it possible to exceed 1.
+- ICR (independent coding rate): share of keys whose SID no other key has.
+- Largest collision group: most keys sharing one SID.
+- Churn: share of unchanged keys (same text and embedding as in the reference) whose SID
+  differs from the reference.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+LAYER_LETTERS = string.ascii_lowercase
+
+
+def sid_letters(depth: int) -> tuple[list[str], str]:
+    """Letters of the RQ layers and the letter used by all OPQ positions."""
+    if depth + 1 > len(LAYER_LETTERS):
+        raise ValueError(f"RQ depth {depth} needs more than {len(LAYER_LETTERS) - 1} layer letters")
+    return list(LAYER_LETTERS[:depth]), LAYER_LETTERS[depth]
+
+
+def format_sids(rq_codes: np.ndarray, opq_codes: np.ndarray, opq_bits: int) -> list[str]:
+    """Render SIDs like <a_12><b_7><c_301><d_5><d_290>.
+
+    OPQ position j (0-based) is offset by j * 2**opq_bits, so the positions never share a
+    token: with 8 bits the second OPQ code q is written <d_{q+256}>.
+    """
+    if rq_codes.shape[0] != opq_codes.shape[0]:
+        raise ValueError(f"{rq_codes.shape[0]} RQ rows but {opq_codes.shape[0]} OPQ rows")
+    layer_letters, opq_letter = sid_letters(rq_codes.shape[1])
+    parts: list[pd.Series] = []
+    for layer, letter in enumerate(layer_letters):
+        parts.append(f"<{letter}_" + pd.Series(rq_codes[:, layer]).astype(str) + ">")
+    for position in range(opq_codes.shape[1]):
+        offset = position * (1 << opq_bits)
+        parts.append(f"<{opq_letter}_" + pd.Series(opq_codes[:, position] + offset).astype(str) + ">")
+    if not parts or rq_codes.shape[0] == 0:
+        return []
+    joined = parts[0]
+    for part in parts[1:]:
+        joined = joined + part
+    return joined.tolist()
+
+
+def _distinct_rows(codes: np.ndarray) -> int:
+    if codes.shape[0] == 0:
+        return 0
+    return int(np.unique(codes, axis=0).shape[0])
+
+
+def coverage(rq_codes: np.ndarray, code_spaces: Sequence[int], k: Sequence[int]) -> dict:
+    """CUR per layer (over code_spaces) and per prefix (over products of k)."""
+    per_layer = []
+    per_prefix = []
+    for layer in range(rq_codes.shape[1]):
+        used = int(np.unique(rq_codes[:, layer]).shape[0]) if rq_codes.shape[0] else 0
+        per_layer.append({"layer": layer + 1, "used": used, "space": int(code_spaces[layer]), "cur": used / code_spaces[layer]})
+        distinct = _distinct_rows(rq_codes[:, : layer + 1])
+        space = math.prod(k[: layer + 1])
+        per_prefix.append({"length": layer + 1, "distinct": distinct, "space": space, "cur": distinct / space})
+    return {"per_layer": per_layer, "per_prefix": per_prefix}
+
+
+def uniqueness(sids: Sequence[str]) -> dict:
+    """ICR, distinct SIDs and the largest collision group of a list of SIDs."""
+    total = len(sids)
+    if total == 0:
+        return {"keys": 0, "distinct_sids": 0, "icr": 0.0, "largest_collision_group": 0}
+    counts = pd.Series(sids).value_counts(sort=False).to_numpy()
+    singletons = int(np.count_nonzero(counts == 1))
+    return {
+        "keys": total,
+        "distinct_sids": int(counts.shape[0]),
+        "icr": singletons / total,
+        "largest_collision_group": int(counts.max()),
+    }
+
+
+def churn(reference_sids: Sequence[str], current_sids: Sequence[str]) -> dict:
+    """Share of keys (aligned lists of unchanged keys) whose SID changed."""
+    if len(reference_sids) != len(current_sids):
+        raise ValueError(f"churn needs aligned lists, got {len(reference_sids)} and {len(current_sids)}")
+    compared = len(reference_sids)
+    changed = int(np.count_nonzero(np.asarray(reference_sids, dtype=object) != np.asarray(current_sids, dtype=object))) if compared else 0
+    return {"unchanged_keys": compared, "sid_changed": changed, "churn": changed / compared if compared else 0.0}

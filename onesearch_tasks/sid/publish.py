@@ -1,0 +1,114 @@
+"""Publish a finished run folder as the current SID version, and roll back.
+
+Publishing renames runs/<ds>/ to versions/<ds>.r<N>/ (one rename, same file system) and
+then replaces CURRENT.json (one os.replace). A crash between the two leaves a complete
+version that is not current; publishing the same data date again finds it by run id and
+only moves the pointer. Versions are never modified after the rename.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from onesearch_tasks.storage import (
+    StateLayout,
+    StorageError,
+    VERSION_PATTERN,
+    next_version_name,
+    read_json,
+    read_pointer,
+    write_json_atomic,
+    write_pointer,
+)
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+VERSION_FILE = "version.json"
+# Steps that must have finished before a run folder may be published.
+REQUIRED_STEPS = ("extract", "embed", "rq", "opq", "evaluate")
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    version: str
+    path: Path
+    previous: str | None
+
+
+def _find_version_by_run_id(layout: StateLayout, ds: str, run_id: str) -> str | None:
+    if not layout.versions.is_dir():
+        return None
+    for entry in sorted(layout.versions.iterdir()):
+        match = VERSION_PATTERN.match(entry.name)
+        if not match or match.group(1) != ds:
+            continue
+        info_path = entry / VERSION_FILE
+        if info_path.is_file() and read_json(info_path).get("run_id") == run_id:
+            return entry.name
+    return None
+
+
+def _point_to(layout: StateLayout, version: str, reason: str) -> str | None:
+    pointer = read_pointer(layout)
+    previous = pointer["version"] if pointer else None
+    if previous == version:
+        return previous
+    history = [previous, *pointer.get("history", [])] if pointer else []
+    write_pointer(layout, version, history, reason)
+    return previous
+
+
+def publish_run(layout: StateLayout, ds: str, run_id: str | None = None) -> PublishResult:
+    """Make the finished run of ds the current version. Safe to call again after a crash."""
+    run_dir = layout.run_dir(ds)
+    if not run_dir.is_dir():
+        if run_id:
+            version = _find_version_by_run_id(layout, ds, run_id)
+            if version:
+                previous = _point_to(layout, version, f"publish {ds} (resumed)")
+                logger.info("run %s was already moved to version %s; pointer updated", run_id, version)
+                return PublishResult(version, layout.version_dir(version), previous)
+        raise StorageError(f"no run folder for data date {ds} at {run_dir}; run the refresh for {ds} first")
+
+    manifest = read_json(run_dir / MANIFEST_FILE)
+    if run_id and manifest.get("run_id") != run_id:
+        raise StorageError(
+            f"run folder {run_dir} belongs to run {manifest.get('run_id')}, not {run_id}; "
+            "another run replaced it, so rerun the whole refresh for this date"
+        )
+    unfinished = [step for step in REQUIRED_STEPS if step not in manifest.get("steps", {})]
+    if unfinished:
+        raise StorageError(f"run folder {run_dir} is incomplete (steps not finished: {', '.join(unfinished)}); rerun them before publishing")
+    gates = manifest["steps"]["evaluate"].get("gates", {})
+    if not gates.get("passed", False):
+        raise StorageError(f"run folder {run_dir} failed its quality gates ({gates.get('failures')}); it cannot be published")
+
+    version = next_version_name(layout, ds)
+    write_json_atomic(run_dir / VERSION_FILE, {"version": version, "ds": ds, "run_id": manifest["run_id"]})
+    target = layout.version_dir(version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(run_dir, target)
+    previous = _point_to(layout, version, f"publish {ds}")
+    logger.info("published SID version %s (previous: %s) from run %s", version, previous, manifest["run_id"])
+    return PublishResult(version, target, previous)
+
+
+def rollback(layout: StateLayout) -> PublishResult:
+    """Point CURRENT back at the version published before the current one."""
+    pointer = read_pointer(layout)
+    if not pointer:
+        raise StorageError(f"nothing to roll back: no version is published under {layout.sid_root}")
+    history = list(pointer.get("history", []))
+    while history and not layout.version_dir(history[0]).is_dir():
+        logger.warning("skipping missing version %s in the rollback history", history[0])
+        history.pop(0)
+    if not history:
+        raise StorageError(f"cannot roll back from {pointer['version']}: no earlier version is available")
+    target = history.pop(0)
+    write_pointer(layout, target, history, f"rollback from {pointer['version']}")
+    logger.info("rolled back SID version %s -> %s", pointer["version"], target)
+    return PublishResult(target, layout.version_dir(target), pointer["version"])

@@ -1,0 +1,626 @@
+"""The daily SID refresh, one function per step: extract, embed, rq, opq, evaluate, publish.
+
+The Airflow DAG and the `onesearch sid ...` commands call these same functions. Steps talk
+only through files in the run folder of one data date (see storage.py), and each step
+records itself in <run>/manifest.json. The configuration is fixed when `extract` creates
+the run: later steps read it from the manifest, so one run never mixes settings.
+
+Files of a run folder (and so of a published version):
+
+=========================  ===============================================================
+extract/<name>.parquet     Spark SQL results (queries, items, interactions, ...)
+quarantine.parquet         rejected input rows: entity, key, reason, detail
+keys.parquet               one row per key: entity, key, text, content_hash, status,
+                           matched_keywords; row i matches row i of every .npy below
+embeddings.npy             (n, d) float32 keyword-enhanced vectors
+keywords/dictionary.parquet keyword, type, pv, embedding
+model/                     RQ codebooks (npy + rq_model.json) and opq.faiss
+rq_codes.npy               (n, depth) int64
+residuals.npy              (n, d) float32 last-layer residuals
+opq_codes.npy              (n, m) int64
+sid_items.parquet          key, sid, text, matched_keywords, status (+ sid_queries.parquet)
+cluster_stats.json         per-layer cluster sizes
+metrics.json               CUR, ICR, collisions, churn, counts in/out/quarantined
+=========================  ===============================================================
+
+Key status: ``new`` (not in the reference), ``changed`` (text or embedding differs),
+``unchanged``, ``carried`` (absent from today's input but kept: delta mode, or a key
+whose row was quarantined today).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from onesearch_tasks.config import OneSearchConfig
+from onesearch_tasks.sid import metrics as sid_metrics
+from onesearch_tasks.sid.embedders import Embedder, build_embedder
+from onesearch_tasks.sid.keywords import (
+    KeywordDictionary,
+    KeywordMatcher,
+    build_catalog_dictionary,
+    fuse_embeddings,
+    read_dictionary_file,
+)
+from onesearch_tasks.sid.opq import encode_opq, load_opq, save_opq, train_opq
+from onesearch_tasks.sid.publish import MANIFEST_FILE, PublishResult, publish_run
+from onesearch_tasks.sid.rq import RQModel, RQSettings, cluster_statistics, encode_rq, train_rq
+from onesearch_tasks.sid.validation import QUARANTINE_COLUMNS, validate_rows
+from onesearch_tasks.storage import (
+    StateLayout,
+    StorageError,
+    atomic_path,
+    current_version,
+    load_npy,
+    make_temp_dir,
+    read_json,
+    run_lock,
+    save_npy_atomic,
+    validate_ds,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+
+logger = logging.getLogger(__name__)
+
+ENTITIES = ("items", "queries")
+STATUS_NEW, STATUS_CHANGED, STATUS_UNCHANGED, STATUS_CARRIED = "new", "changed", "unchanged", "carried"
+REUSED_STATUSES = (STATUS_UNCHANGED, STATUS_CARRIED)
+KEY_COLUMNS = ["entity", "key", "text", "content_hash", "status", "matched_keywords"]
+
+
+class QualityGateError(RuntimeError):
+    """The run's metrics fail a configured quality gate; it is not published."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One data date's run folder and the configuration it was created with."""
+
+    layout: StateLayout
+    ds: str
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def config(self) -> OneSearchConfig:
+        return OneSearchConfig.model_validate(self.manifest["config"])
+
+    @property
+    def reference_path(self) -> Path | None:
+        version = self.manifest.get("reference_version")
+        return self.layout.version_dir(version) if version else None
+
+    @property
+    def incremental(self) -> bool:
+        return self.config.rq.mode == "incremental" and self.reference_path is not None
+
+
+def layout_for(config: OneSearchConfig) -> StateLayout:
+    return StateLayout(config.home_path)
+
+
+def warehouse_for(config: OneSearchConfig, layout: StateLayout) -> Path:
+    return Path(config.source.warehouse_dir).resolve() if config.source.warehouse_dir else layout.warehouse
+
+
+def open_run(config: OneSearchConfig, ds: str) -> Run:
+    """Open the existing run folder of ds (created by the extract step)."""
+    layout = layout_for(config)
+    path = layout.run_dir(ds)
+    if not path.is_dir():
+        raise StorageError(f"no run folder for {ds} at {path}; run `onesearch sid extract --ds {ds}` first")
+    return Run(layout, ds, path, read_json(path / MANIFEST_FILE))
+
+
+def _finish_step(run: Run, step: str, info: dict[str, Any]) -> None:
+    manifest = read_json(run.path / MANIFEST_FILE)
+    info = {**info, "finished_at": _now()}
+    manifest.setdefault("steps", {})[step] = info
+    # A rerun of a step invalidates everything after it.
+    order = ["extract", "embed", "rq", "opq", "evaluate"]
+    if step in order:
+        for later in order[order.index(step) + 1 :]:
+            manifest["steps"].pop(later, None)
+    write_json_atomic(run.path / MANIFEST_FILE, manifest)
+    run.manifest.clear()
+    run.manifest.update(manifest)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- extract ---------------------------------------------------------------------------------
+
+
+def run_extract(config: OneSearchConfig, ds: str) -> Run:
+    """Create (or replace) the run folder of ds and fill extract/ from Spark SQL."""
+    from onesearch_tasks.spark.extract import extract_day
+    from onesearch_tasks.spark.session import get_spark
+
+    validate_ds(ds)
+    layout = layout_for(config)
+    with run_lock(layout, ds):
+        staging = make_temp_dir(layout.runs, f".{ds}.staging-")
+        try:
+            counts = extract_day(get_spark(config), config, warehouse_for(config, layout), ds, staging / "extract")
+            manifest = {
+                "ds": ds,
+                "run_id": uuid.uuid4().hex,
+                "created_at": _now(),
+                "config": config.model_dump(mode="json"),
+                "reference_version": current_version(layout),
+                "steps": {"extract": {"rows": counts, "finished_at": _now()}},
+            }
+            write_json_atomic(staging / MANIFEST_FILE, manifest)
+            with atomic_path(layout.run_dir(ds)) as target:
+                staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    run = open_run(config, ds)
+    logger.info("extract ds=%s run=%s reference=%s rows=%s", ds, run.manifest["run_id"], run.manifest["reference_version"], counts)
+    return run
+
+
+# --- embed ----------------------------------------------------------------------------------------
+
+
+def _read_extract(run: Run, name: str) -> pd.DataFrame:
+    import pyarrow.dataset as pads
+
+    return pads.dataset(run.path / "extract" / f"{name}.parquet", format="parquet").to_table().to_pandas()
+
+
+def _input_rows(run: Run) -> dict[str, pd.DataFrame]:
+    """Today's rows per entity with columns key, text, embedding (+ item fields)."""
+    items = _read_extract(run, "items")
+    item_rows = pd.DataFrame({
+        "key": items["item_id"],
+        "text": items["item_title"],
+        "embedding": items["embedding"] if "embedding" in items else None,
+    })
+    queries = _read_extract(run, "queries")
+    query_rows = pd.DataFrame({"key": queries["query"], "text": queries["query"], "embedding": None})
+    return {"items": item_rows, "queries": query_rows}
+
+
+@dataclass
+class VersionState:
+    """Key table and arrays of a run folder or published version, aligned by row."""
+
+    keys: pd.DataFrame
+    embeddings: np.ndarray
+    rq_codes: np.ndarray | None = None
+    residuals: np.ndarray | None = None
+    opq_codes: np.ndarray | None = None
+
+    @classmethod
+    def load(cls, folder: Path, with_codes: bool = True) -> "VersionState":
+        keys = pd.read_parquet(folder / "keys.parquet")
+        state = cls(keys=keys, embeddings=load_npy(folder / "embeddings.npy"))
+        if with_codes:
+            state.rq_codes = load_npy(folder / "rq_codes.npy")
+            state.residuals = load_npy(folder / "residuals.npy")
+            state.opq_codes = load_npy(folder / "opq_codes.npy")
+        if state.embeddings.shape[0] != len(keys):
+            raise StorageError(f"{folder}: embeddings.npy has {state.embeddings.shape[0]} rows but keys.parquet {len(keys)}; the folder is corrupt")
+        return state
+
+
+def _build_dictionary(run: Run, embedder: Embedder) -> tuple[KeywordDictionary, pd.DataFrame]:
+    config = run.config
+    rejected_rows: list[dict[str, Any]] = []
+    dictionary = build_catalog_dictionary(_read_extract(run, "items"), embedder, config.keywords)
+    if run.incremental and (run.reference_path / "keywords" / "dictionary.parquet").is_file():
+        previous = KeywordDictionary.from_frame(pd.read_parquet(run.reference_path / "keywords" / "dictionary.parquet"))
+        if previous.dim == embedder.dim:
+            dictionary = dictionary.merged_with(previous)
+    for path in config.keywords.dictionary_files:
+        extra, rejected = read_dictionary_file(Path(path), embedder)
+        dictionary = dictionary.merged_with(extra)
+        rejected_rows.extend(vars(line) for line in rejected)
+    return dictionary, pd.DataFrame(rejected_rows, columns=["path", "line_number", "reason", "line"])
+
+
+def _assign_status(kept: pd.DataFrame, reference: pd.DataFrame | None, entity: str) -> pd.DataFrame:
+    if reference is None:
+        return kept.assign(status=STATUS_NEW)
+    previous = reference.loc[reference["entity"] == entity, ["key", "content_hash"]].rename(columns={"content_hash": "reference_hash"})
+    merged = kept.merge(previous, on="key", how="left")
+    status = np.where(merged["reference_hash"].isna(), STATUS_NEW, np.where(merged["reference_hash"] == merged["content_hash"], STATUS_UNCHANGED, STATUS_CHANGED))
+    return merged.drop(columns="reference_hash").assign(status=status)
+
+
+def run_embed(config: OneSearchConfig, ds: str) -> Run:
+    """Validate keys, compute raw and keyword-enhanced vectors, write keys.parquet and embeddings.npy."""
+    run = open_run(config, ds)
+    config = run.config
+    embedder = build_embedder(config.embedding)
+    with run_lock(run.layout, ds):
+        reference = VersionState.load(run.reference_path, with_codes=False) if run.reference_path else None
+        reuse_vectors = run.incremental
+
+        dictionary, rejected = _build_dictionary(run, embedder) if config.keywords.enabled else (KeywordDictionary.empty(embedder.dim), pd.DataFrame())
+        matcher = KeywordMatcher(dictionary.keywords)
+        frames, quarantines, counts = [], [], {}
+        for entity, rows in _input_rows(run).items():
+            kept, quarantined = validate_rows(entity, rows, embedder.dim, embedder.signature())
+            kept = _assign_status(kept, reference.keys if reference is not None else None, entity)
+            kept.insert(0, "entity", entity)
+            counts[entity] = {"in": len(rows), "valid": len(kept), "quarantined": len(quarantined)}
+            if counts[entity]["in"] != counts[entity]["valid"] + counts[entity]["quarantined"]:
+                raise AssertionError(f"{entity}: row counts do not reconcile: {counts[entity]}")
+            frames.append(kept)
+            quarantines.append(quarantined)
+
+        keys = pd.concat(frames, ignore_index=True)
+        keys, vectors = _vectors_for(keys, reference, reuse_vectors, embedder, dictionary, matcher, config, quarantines)
+        keys = _add_carried(keys, reference, config, quarantines)
+        keys, vectors = _attach_carried_vectors(keys, vectors, reference)
+
+        quarantine = pd.concat([q for q in quarantines if len(q)], ignore_index=True) if any(len(q) for q in quarantines) else pd.DataFrame(columns=QUARANTINE_COLUMNS)
+        for entity in ENTITIES:
+            counts[entity]["quarantined"] = int((quarantine["entity"] == entity).sum()) if len(quarantine) else 0
+            counts[entity]["processed"] = int(((keys["entity"] == entity) & (keys["status"] != STATUS_CARRIED)).sum())
+            counts[entity]["carried"] = int(((keys["entity"] == entity) & (keys["status"] == STATUS_CARRIED)).sum())
+            del counts[entity]["valid"]
+            if counts[entity]["in"] != counts[entity]["processed"] + counts[entity]["quarantined"]:
+                raise AssertionError(f"{entity}: in != processed + quarantined: {counts[entity]}")
+
+        write_parquet_atomic(run.path / "keys.parquet", keys[KEY_COLUMNS])
+        save_npy_atomic(run.path / "embeddings.npy", vectors)
+        write_parquet_atomic(run.path / "quarantine.parquet", quarantine[QUARANTINE_COLUMNS])
+        (run.path / "keywords").mkdir(exist_ok=True)
+        write_parquet_atomic(run.path / "keywords" / "dictionary.parquet", dictionary.to_frame())
+        write_parquet_atomic(run.path / "keywords" / "rejected_lines.parquet", rejected if len(rejected) else pd.DataFrame(columns=["path", "line_number", "reason", "line"]))
+
+        status_counts = keys.groupby(["entity", "status"]).size().unstack(fill_value=0).to_dict(orient="index") if len(keys) else {}
+        matched_share = float((keys["matched_keywords"].map(len) > 0).mean()) if len(keys) else 0.0
+        _finish_step(run, "embed", {
+            "counts": counts,
+            "status": {entity: {status: int(n) for status, n in row.items()} for entity, row in status_counts.items()},
+            "dictionary_keywords": len(dictionary),
+            "dictionary_rejected_lines": len(rejected),
+            "keys_with_keyword_match": matched_share,
+            "embedder": embedder.signature(),
+        })
+    logger.info("embed ds=%s: counts=%s, %d keywords, %.1f%% of keys matched a keyword", ds, counts, len(dictionary), 100 * matched_share)
+    return run
+
+
+def _vectors_for(keys: pd.DataFrame, reference: VersionState | None, reuse: bool, embedder: Embedder, dictionary: KeywordDictionary, matcher: KeywordMatcher, config: OneSearchConfig, quarantines: list[pd.DataFrame]) -> tuple[pd.DataFrame, np.ndarray]:
+    """Fused vectors for today's valid keys; unchanged keys reuse the reference when reuse is set."""
+    vectors = np.zeros((len(keys), embedder.dim), dtype=np.float32)
+    matched: list[list[str]] = [[] for _ in range(len(keys))]
+    compute = np.ones(len(keys), dtype=bool)
+
+    if reuse and reference is not None:
+        ref_index = reference.keys.reset_index()[["entity", "key", "index", "matched_keywords"]].rename(columns={"index": "reference_row", "matched_keywords": "reference_keywords"})
+        joined = keys[["entity", "key"]].merge(ref_index, on=["entity", "key"], how="left")
+        unchanged = (keys["status"] == STATUS_UNCHANGED).to_numpy()
+        rows = joined.loc[unchanged, "reference_row"].to_numpy(dtype=np.int64)
+        vectors[unchanged] = reference.embeddings[rows]
+        for position, words in zip(np.flatnonzero(unchanged), joined.loc[unchanged, "reference_keywords"]):
+            matched[position] = list(words)
+        compute = ~unchanged
+
+    todo = np.flatnonzero(compute)
+    if todo.size:
+        subset = keys.iloc[todo]
+        given = subset["embedding"].map(lambda value: value is not None).to_numpy()
+        raw = np.zeros((todo.size, embedder.dim), dtype=np.float32)
+        if given.any():
+            raw[given] = np.stack(subset.loc[given, "embedding"].to_list())
+            raw[given] /= np.linalg.norm(raw[given], axis=1, keepdims=True)
+        if (~given).any():
+            raw[~given] = embedder.embed(subset.loc[~given, "text"].tolist())
+        matches = matcher.match_many(subset["text"].tolist())
+        vectors[todo] = fuse_embeddings(raw, matches, dictionary.vectors, config.keywords.raw_weight)
+        for position, indices in zip(todo, matches):
+            matched[position] = [dictionary.keywords[index] for index in indices]
+
+    keys = keys.assign(matched_keywords=matched)
+    empty = np.linalg.norm(vectors, axis=1) == 0
+    if empty.any():
+        dropped = keys[empty]
+        for entity, group in dropped.groupby("entity"):
+            quarantines.append(pd.DataFrame({"entity": entity, "key": group["key"].to_numpy(), "reason": "text_has_no_embedding", "detail": "the text produced an all-zero vector"}, columns=QUARANTINE_COLUMNS))
+        logger.warning("%d keys produced all-zero vectors and were quarantined", int(empty.sum()))
+        keys, vectors = keys[~empty].reset_index(drop=True), vectors[~empty]
+    return keys.drop(columns=["embedding"]), vectors
+
+
+def _add_carried(keys: pd.DataFrame, reference: VersionState | None, config: OneSearchConfig, quarantines: list[pd.DataFrame]) -> pd.DataFrame:
+    """Append reference keys that today's input lacks but that must keep their SID."""
+    if reference is None:
+        return keys
+    modes = {"items": config.source.items_partition_mode, "queries": config.source.queries_partition_mode}
+    quarantined = pd.concat([q for q in quarantines if len(q)], ignore_index=True) if any(len(q) for q in quarantines) else pd.DataFrame(columns=QUARANTINE_COLUMNS)
+    carried_parts = []
+    for entity in ENTITIES:
+        previous = reference.keys[reference.keys["entity"] == entity].copy()
+        previous["reference_row"] = previous.index
+        present = set(keys.loc[keys["entity"] == entity, "key"])
+        absent = previous[~previous["key"].isin(present)]
+        if modes[entity] == "snapshot":
+            bad_today = set(quarantined.loc[quarantined["entity"] == entity, "key"])
+            absent = absent[absent["key"].isin(bad_today)]
+        carried_parts.append(absent.assign(status=STATUS_CARRIED))
+    carried = pd.concat(carried_parts, ignore_index=True)
+    if not len(carried):
+        return keys
+    return pd.concat([keys, carried[KEY_COLUMNS + ["reference_row"]]], ignore_index=True)
+
+
+def _attach_carried_vectors(keys: pd.DataFrame, vectors: np.ndarray, reference: VersionState | None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Append the reference vectors of carried keys and sort all keys by (entity, key)."""
+    if "reference_row" in keys:
+        carried = (keys["status"] == STATUS_CARRIED).to_numpy()
+        extra = reference.embeddings[keys.loc[carried, "reference_row"].to_numpy(dtype=np.int64)]
+        vectors = np.concatenate([vectors, extra]) if len(extra) else vectors
+        keys = keys.drop(columns="reference_row")
+    order = np.lexsort((keys["key"].to_numpy(dtype=str), keys["entity"].to_numpy(dtype=str)))
+    return keys.iloc[order].reset_index(drop=True), np.ascontiguousarray(vectors[order])
+
+
+# --- rq -------------------------------------------------------------------------------------------
+
+
+def rq_settings(config: OneSearchConfig) -> RQSettings:
+    rq = config.rq
+    return RQSettings(
+        k=tuple(rq.k),
+        balanced_type=rq.balanced_type,
+        normalize_residuals=rq.normalize_residuals,
+        niter=rq.niter,
+        seed=rq.seed,
+        max_points_per_centroid=rq.max_points_per_centroid,
+        cap_k=rq.cap_k,
+    )
+
+
+def _reference_rows(keys: pd.DataFrame, reference_keys: pd.DataFrame) -> np.ndarray:
+    """Row of each key in the reference key table, -1 where absent."""
+    lookup = reference_keys[["entity", "key"]].reset_index().rename(columns={"index": "reference_row"})
+    joined = keys[["entity", "key"]].merge(lookup, on=["entity", "key"], how="left")
+    return joined["reference_row"].fillna(-1).to_numpy(dtype=np.int64)
+
+
+def _frozen_reference(run: Run) -> bool:
+    """True when the run reuses every layer and the OPQ model of its reference."""
+    return run.incremental and run.config.rq.effective_referlayer == run.config.rq.depth
+
+
+def _reused_rows(run: Run, keys: pd.DataFrame, reference: VersionState) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of keys whose codes are copied, their reference rows)."""
+    rows = _reference_rows(keys, reference.keys)
+    reuse = keys["status"].isin(REUSED_STATUSES).to_numpy() & (rows >= 0)
+    return reuse, rows[reuse]
+
+
+def run_rq(config: OneSearchConfig, ds: str) -> Run:
+    """Train or reuse RQ codebooks and assign every key; writes model/, rq_codes.npy, residuals.npy."""
+    run = open_run(config, ds)
+    config = run.config
+    settings = rq_settings(config)
+    with run_lock(run.layout, ds):
+        state = VersionState.load(run.path, with_codes=False)
+        vectors = state.embeddings
+        info: dict[str, Any] = {"mode": "full", "referlayer": 0, "unseen_parent_points": 0}
+        if run.incremental:
+            reference_model = RQModel.load(run.reference_path / "model")
+            referlayer = config.rq.effective_referlayer
+            info.update(mode="incremental", referlayer=referlayer, reference=run.manifest["reference_version"])
+            if _frozen_reference(run):
+                from onesearch_tasks.sid.rq import check_reference
+
+                check_reference(reference_model, settings, vectors.shape[1])
+                reference = VersionState.load(run.reference_path)
+                reuse, rows = _reused_rows(run, state.keys, reference)
+                codes = np.empty((len(state.keys), config.rq.depth), dtype=np.int64)
+                residuals = np.empty_like(vectors)
+                codes[reuse], residuals[reuse] = reference.rq_codes[rows], reference.residuals[rows]
+                codes[~reuse], residuals[~reuse], unseen = encode_rq(reference_model, vectors[~reuse])
+                model = reference_model
+                info.update(reused_keys=int(reuse.sum()), encoded_keys=int((~reuse).sum()), unseen_parent_points=unseen)
+                if unseen:
+                    logger.warning("%d new keys fall under last-layer parents the reference never saw; they share local code 0 there until a full rebuild", unseen)
+            else:
+                model, codes, residuals = train_rq(vectors, settings, reference_model, referlayer)
+        else:
+            model, codes, residuals = train_rq(vectors, settings)
+
+        model.save(run.path / "model")
+        save_npy_atomic(run.path / "rq_codes.npy", codes)
+        save_npy_atomic(run.path / "residuals.npy", residuals)
+        stats = {entity: cluster_statistics(codes[(state.keys["entity"] == entity).to_numpy()], model) for entity in ENTITIES}
+        write_json_atomic(run.path / "cluster_stats.json", stats)
+        _finish_step(run, "rq", info)
+    logger.info("rq ds=%s: %s", ds, info)
+    return run
+
+
+# --- opq ------------------------------------------------------------------------------------------
+
+
+def run_opq(config: OneSearchConfig, ds: str) -> Run:
+    """Train or reuse the OPQ index, encode residuals and write the SID tables."""
+    from onesearch_tasks.sid.opq import OPQError, pq_layout
+
+    run = open_run(config, ds)
+    config = run.config
+    with run_lock(run.layout, ds):
+        state = VersionState.load(run.path, with_codes=False)
+        rq_codes = load_npy(run.path / "rq_codes.npy")
+        residuals = load_npy(run.path / "residuals.npy")
+        info: dict[str, Any] = {"m": config.opq.m, "bits": config.opq.bits}
+        if _frozen_reference(run):
+            index = load_opq(run.reference_path / "model", expected_dim=residuals.shape[1])
+            if pq_layout(index) != (config.opq.m, config.opq.bits):
+                raise OPQError(f"reference OPQ index has (m, bits) = {pq_layout(index)} but this run asks for ({config.opq.m}, {config.opq.bits}); run with mode=full")
+            reference = VersionState.load(run.reference_path)
+            reuse, rows = _reused_rows(run, state.keys, reference)
+            opq_codes = np.empty((len(state.keys), config.opq.m), dtype=np.int64)
+            opq_codes[reuse] = reference.opq_codes[rows]
+            opq_codes[~reuse] = encode_opq(index, residuals[~reuse])
+            info.update(trained=False, reused_keys=int(reuse.sum()), encoded_keys=int((~reuse).sum()))
+        else:
+            index = train_opq(residuals, config.opq.m, config.opq.bits, config.opq.seed, config.opq.max_train_rows)
+            opq_codes = encode_opq(index, residuals)
+            info.update(trained=True, encoded_keys=len(state.keys))
+
+        save_opq(index, run.path / "model")
+        save_npy_atomic(run.path / "opq_codes.npy", opq_codes)
+        sids = sid_metrics.format_sids(rq_codes, opq_codes, config.opq.bits)
+        table = state.keys.assign(sid=sids)
+        for entity in ENTITIES:
+            rows = table[table["entity"] == entity]
+            write_parquet_atomic(run.path / f"sid_{entity}.parquet", rows[["key", "sid", "text", "matched_keywords", "status"]])
+        _finish_step(run, "opq", info)
+    logger.info("opq ds=%s: %s", ds, info)
+    return run
+
+
+# --- evaluate -------------------------------------------------------------------------------------
+
+
+def _sid_table(folder: Path, entity: str) -> pd.DataFrame:
+    return pd.read_parquet(folder / f"sid_{entity}.parquet")
+
+
+def _unknown_interactions(run: Run, item_keys: set[str]) -> dict[str, Any]:
+    interactions = _read_extract(run, "interactions")
+    if not len(interactions):
+        return {"rows": 0, "unknown_item_rows": 0, "unknown_item_share": 0.0, "unknown_item_ids": 0, "examples": []}
+    unknown = ~interactions["item_id"].astype("string").isin(item_keys)
+    unknown_ids = interactions.loc[unknown, "item_id"].astype("string").dropna().unique()
+    return {
+        "rows": int(len(interactions)),
+        "unknown_item_rows": int(unknown.sum()),
+        "unknown_item_share": float(unknown.mean()),
+        "unknown_item_ids": int(len(unknown_ids)),
+        "examples": sorted(unknown_ids.tolist())[:10],
+    }
+
+
+def compute_metrics(run: Run) -> dict[str, Any]:
+    """Metrics of a run folder whose opq step has finished; see sid/metrics.py for definitions."""
+    config = run.config
+    model = RQModel.load(run.path / "model")
+    keys = pd.read_parquet(run.path / "keys.parquet")
+    rq_codes = load_npy(run.path / "rq_codes.npy")
+    spaces = [model.code_space(layer) for layer in range(model.depth)]
+    embed_counts = run.manifest["steps"]["embed"]["counts"]
+
+    result: dict[str, Any] = {"ds": run.ds, "run_id": run.manifest["run_id"], "mode": run.manifest["steps"]["rq"]["mode"], "reference_version": run.manifest.get("reference_version"), "entities": {}}
+    all_sids: list[str] = []
+    reference_keys = pd.read_parquet(run.reference_path / "keys.parquet") if run.reference_path else None
+    for entity in ENTITIES:
+        table = _sid_table(run.path, entity)
+        mask = (keys["entity"] == entity).to_numpy()
+        all_sids.extend(table["sid"].tolist())
+        entry: dict[str, Any] = {
+            **sid_metrics.uniqueness(table["sid"].tolist()),
+            "coverage": sid_metrics.coverage(rq_codes[mask], spaces, model.k),
+            "counts": embed_counts[entity],
+            "status": table["status"].value_counts().to_dict(),
+        }
+        if run.reference_path:
+            previous = _sid_table(run.reference_path, entity)
+            unchanged = table[table["status"].isin(REUSED_STATUSES)].merge(previous[["key", "sid"]], on="key", suffixes=("", "_reference"))
+            entry["churn"] = sid_metrics.churn(unchanged["sid_reference"].tolist(), unchanged["sid"].tolist())
+            entry["new_keys"] = int((table["status"] == STATUS_NEW).sum())
+            entry["removed_keys"] = int((~reference_keys.loc[reference_keys["entity"] == entity, "key"].isin(table["key"])).sum())
+        else:
+            entry["churn"] = sid_metrics.churn([], [])
+            entry["new_keys"] = len(table)
+            entry["removed_keys"] = 0
+        result["entities"][entity] = entry
+
+    distinct = len(set(all_sids))
+    result["full_sid_cur"] = distinct / float(np.prod(np.asarray(model.k, dtype=np.float64)))
+    result["all_keys"] = sid_metrics.uniqueness(all_sids)
+    result["coverage"] = sid_metrics.coverage(rq_codes, spaces, model.k)
+    result["unseen_parent_points"] = run.manifest["steps"]["rq"].get("unseen_parent_points", 0)
+    result["interactions"] = _unknown_interactions(run, set(_sid_table(run.path, "items")["key"]))
+    total_in = sum(embed_counts[entity]["in"] for entity in ENTITIES)
+    total_quarantined = sum(embed_counts[entity]["quarantined"] for entity in ENTITIES)
+    result["quarantine_share"] = total_quarantined / total_in if total_in else 0.0
+    result["k"] = list(model.k)
+    result["opq"] = {"m": config.opq.m, "bits": config.opq.bits}
+    return result
+
+
+def check_gates(run: Run, metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the failed gates as {metric, value, threshold} dicts (empty when all pass)."""
+    gates = run.config.gates
+    checks = [
+        ("items.icr", metrics["entities"]["items"]["icr"], gates.min_item_icr, "min"),
+        ("queries.icr", metrics["entities"]["queries"]["icr"], gates.min_query_icr, "min"),
+        ("quarantine_share", metrics["quarantine_share"], gates.max_quarantine_share, "max"),
+    ]
+    if metrics["mode"] == "incremental":
+        for entity in ENTITIES:
+            checks.append((f"{entity}.churn", metrics["entities"][entity]["churn"]["churn"], gates.max_churn, "max"))
+    failures = []
+    for name, value, threshold, kind in checks:
+        if (kind == "min" and value < threshold) or (kind == "max" and value > threshold):
+            failures.append({"metric": name, "value": value, "threshold": threshold, "kind": kind})
+    return failures
+
+
+def run_evaluate(config: OneSearchConfig, ds: str) -> dict[str, Any]:
+    """Compute metrics.json and check the quality gates; raises QualityGateError on failure."""
+    run = open_run(config, ds)
+    with run_lock(run.layout, ds):
+        metrics = compute_metrics(run)
+        failures = check_gates(run, metrics)
+        metrics["gates"] = {"passed": not failures, "failures": failures}
+        write_json_atomic(run.path / "metrics.json", metrics)
+        _finish_step(run, "evaluate", {"gates": metrics["gates"]})
+    _log_metrics(metrics)
+    if failures:
+        described = "; ".join(f"{f['metric']}={f['value']:.4f} ({f['kind']} {f['threshold']})" for f in failures)
+        raise QualityGateError(f"quality gates failed for ds={ds}: {described}. Run folder: {run.path}. Nothing was published.")
+    return metrics
+
+
+def _log_metrics(metrics: dict[str, Any]) -> None:
+    for entity, entry in metrics["entities"].items():
+        logger.info(
+            "metrics %s: keys=%d icr=%.4f largest_collision=%d churn=%.4f new=%d removed=%d counts=%s",
+            entity, entry["keys"], entry["icr"], entry["largest_collision_group"], entry["churn"]["churn"],
+            entry["new_keys"], entry["removed_keys"], entry["counts"],
+        )
+    for layer in metrics["coverage"]["per_layer"]:
+        logger.info("metrics layer %d: CUR=%.4f (%d of %d codes)", layer["layer"], layer["cur"], layer["used"], layer["space"])
+    logger.info("metrics full SID CUR=%.6f, all-key ICR=%.4f, interactions with unknown item ids: %d of %d", metrics["full_sid_cur"], metrics["all_keys"]["icr"], metrics["interactions"]["unknown_item_rows"], metrics["interactions"]["rows"])
+
+
+# --- publish and the whole refresh ----------------------------------------------------------------
+
+
+def run_publish(config: OneSearchConfig, ds: str, run_id: str | None = None) -> PublishResult:
+    layout = layout_for(config)
+    with run_lock(layout, ds):
+        return publish_run(layout, ds, run_id)
+
+
+def run_refresh(config: OneSearchConfig, ds: str) -> PublishResult:
+    """Run every step for ds in order and publish; the CLI twin of the DAG."""
+    run = run_extract(config, ds)
+    run_embed(config, ds)
+    run_rq(config, ds)
+    run_opq(config, ds)
+    run_evaluate(config, ds)
+    return run_publish(config, ds, run.manifest["run_id"])

@@ -1,0 +1,1 @@
+"""Spark access: the session, the SQL runner over the source tables, and the KuaiSearch loader."""

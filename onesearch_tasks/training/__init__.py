@@ -1,0 +1,1 @@
+"""Code that runs in the training env (torch, transformers, LLaMA-Factory, TRL)."""
