@@ -218,13 +218,30 @@ def export_command(
 
 
 @sid_app.command("metrics")
-def metrics_command(version: VersionOption = "current") -> None:
+def metrics_command(
+    version: VersionOption = "current",
+    summary: Annotated[bool, typer.Option("--summary", help="Print one line per entity instead of the full JSON.")] = False,
+) -> None:
     """Print the metrics JSON of one version."""
     from onesearch_tasks.sid.refresh import layout_for
     from onesearch_tasks.storage import read_json, resolve_version
 
-    _, folder = resolve_version(layout_for(_config()), version)
-    typer.echo(json.dumps(read_json(folder / "metrics.json"), indent=2, ensure_ascii=False))
+    name, folder = resolve_version(layout_for(_config()), version)
+    metrics = read_json(folder / "metrics.json")
+    if not summary:
+        typer.echo(json.dumps(metrics, indent=2, ensure_ascii=False))
+        return
+    typer.echo(f"version {name} ({metrics['mode']}, reference {metrics['reference_version']}), full-SID CUR {metrics['full_sid_cur']:.4f}")
+    for entity, entry in metrics["entities"].items():
+        counts = entry["counts"]
+        typer.echo(
+            f"  {entity:8s} keys={entry['keys']:<7d} ICR={entry['icr']:.4f} largest_collision={entry['largest_collision_group']:<3d} "
+            f"churn={entry['churn']['churn']:.4f} new={entry['new_keys']:<6d} changed={entry['status'].get('changed', 0):<6d} "
+            f"removed={entry['removed_keys']:<6d} "
+            f"in={counts['in']} quarantined={counts['quarantined']} carried={counts['carried']}"
+        )
+    interactions = metrics["interactions"]
+    typer.echo(f"  interactions with unknown item ids: {interactions['unknown_item_rows']} of {interactions['rows']}")
 
 
 @sid_app.command("versions")

@@ -140,6 +140,8 @@ class RQConfig(_Section):
     @field_validator("k", mode="before")
     @classmethod
     def _parse_k(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value,)
         if isinstance(value, str):
             if not _K_PATTERN.match(value):
                 raise ValueError(f"rq.k={value!r} is not of the form '1024-1024-1024'")

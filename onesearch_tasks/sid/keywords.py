@@ -223,11 +223,14 @@ def _parse_dictionary_line(fields: list[str], dim: int) -> tuple[str, str, int, 
     if type_name not in KEYWORD_TYPES:
         return f"unknown type {type_name!r}; expected one of {', '.join(KEYWORD_TYPES)}"
     try:
-        pv = int(float(pv_text))
+        pv_value = float(pv_text)
     except ValueError:
         return f"pv {pv_text!r} is not a number"
-    if pv < 0:
-        return f"pv {pv} is negative"
+    if not math.isfinite(pv_value):
+        return f"pv {pv_text!r} is not finite"
+    if pv_value < 0:
+        return f"pv {pv_value:g} is negative"
+    pv = int(pv_value)
     if not embedding_text:
         return keyword, type_name, pv, None
     try:

@@ -36,10 +36,12 @@ def train_opq(vectors: np.ndarray, m: int, bits: int, seed: int = 1234, max_trai
     if dim % m:
         raise OPQError(f"OPQ m={m} must divide the embedding dimension {dim}; pick m from the divisors of {dim}")
     codes_per_position = 1 << bits
-    if rows < codes_per_position:
+    train_rows = rows if max_train_rows is None else min(rows, max_train_rows)
+    if train_rows < codes_per_position:
         raise OPQError(
-            f"OPQ with bits={bits} needs at least {codes_per_position} training rows, got {rows}; "
-            f"lower opq.bits (for example {max(1, rows.bit_length() - 1)}) or add data"
+            f"OPQ with bits={bits} needs at least {codes_per_position} training rows, got {train_rows} "
+            f"({rows} rows, opq.max_train_rows={max_train_rows}); lower opq.bits "
+            f"(for example {max(1, train_rows.bit_length() - 1)}), raise opq.max_train_rows or add data"
         )
     train = vectors
     if max_train_rows is not None and rows > max_train_rows:

@@ -140,12 +140,24 @@ class RQModel:
         codebooks = [_load_array(folder / f"rq_codebook_{layer}.npy", dim) for layer in range(1, standard_layers + 1)]
         model = cls(k, dim, balanced_type, bool(meta.get("normalize_residuals", False)), codebooks, stats=meta.get("stats", {}))
         if balanced_type:
-            model.parent_ids = np.load(folder / "rq_last_parent_ids.npy", allow_pickle=False)
-            model.parent_offsets = np.load(folder / "rq_last_parent_offsets.npy", allow_pickle=False)
+            model.parent_ids = _load_index_array(folder / "rq_last_parent_ids.npy")
+            model.parent_offsets = _load_index_array(folder / "rq_last_parent_offsets.npy")
             model.parent_centroids = _load_array(folder / "rq_last_centroids.npy", dim)
             if model.parent_offsets.shape != (model.parent_ids.shape[0] + 1,) or int(model.parent_offsets[-1]) != model.parent_centroids.shape[0]:
                 raise StorageError(f"RQ model {folder}: last-layer offsets do not match the centroid array; rebuild with mode=full")
         return model
+
+
+def _load_index_array(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise StorageError(f"missing RQ parent array {path}; the model folder is incomplete, rebuild with mode=full")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise StorageError(f"corrupt RQ parent array {path} ({error}); rebuild with mode=full") from error
+    if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+        raise StorageError(f"RQ parent array {path} has shape {array.shape} and dtype {array.dtype}, expected 1-D integers")
+    return array.astype(np.int64, copy=False)
 
 
 def _load_array(path: Path, dim: int) -> np.ndarray:
