@@ -63,7 +63,7 @@ PartitionMode = Literal["snapshot", "delta"]
 
 
 class SourceConfig(_Section):
-    """Where the day's logs come from and what a day's partition means.
+    """Source tables of the daily logs and the meaning of a day's partition.
 
     ``snapshot``: the partition is the full set of keys, so keys missing from it are removed.
     ``delta``: the partition holds only new and changed rows, so missing keys keep their SIDs.
@@ -134,7 +134,7 @@ class RQConfig(_Section):
     seed: int = 1234
     # faiss subsamples k-means training sets to k * max_points_per_centroid rows.
     max_points_per_centroid: int = Field(256, ge=1)
-    # When k exceeds the rows a layer sees: false raises, true lowers k to the row count and logs it.
+    # When k exceeds the rows a layer clusters: false raises, true lowers k to the row count and logs it.
     cap_k: bool = False
 
     @field_validator("k", mode="before")
@@ -193,7 +193,7 @@ class GateConfig(_Section):
 
 
 class OneSearchConfig(_Section):
-    """The whole configuration. ``home`` holds all state; null means $ONESEARCH_HOME or var/."""
+    """The whole configuration. ``home`` is the state folder (null: $ONESEARCH_HOME or var/)."""
 
     home: str | None = None
     spark: SparkConfig = Field(default_factory=SparkConfig)

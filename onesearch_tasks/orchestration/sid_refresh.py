@@ -7,9 +7,9 @@ and publishes a new Semantic ID (SID) version. By default each run builds on the
 version: its codebooks stay frozen, unchanged keys keep their SIDs exactly, and only new
 or changed keys are encoded. Trigger with `mode=full` to retrain everything.
 
-**Data date**: the `ds` Param if set, else the run's logical date (the scheduled run for
-the interval starting on day D processes partition `ds=D`), else, for runs triggered from
-the UI or API that have no logical date, the date of `dag_run.run_after`.
+**Data date**: the `ds` Param if set, else the run's logical date. The scheduled run for
+the interval starting on day D processes partition `ds=D`. Runs triggered from the UI or
+API have no logical date and use the date of `dag_run.run_after`.
 
 **Tasks**: extract → embed (with keyword enhancement) → rq → opq → evaluate → publish.
 They share files in the run folder `$ONESEARCH_HOME/sid/runs/<ds>/`; XCom carries only the

@@ -2,8 +2,8 @@
 
 Publishing renames runs/<ds>/ to versions/<ds>.r<N>/ (one rename, same file system) and
 then replaces CURRENT.json (one os.replace). A crash between the two leaves a complete
-version that is not current; publishing the same data date again finds it by run id and
-only moves the pointer. Versions are never modified after the rename.
+version that is not current. Publishing the same data date again finds that version by
+its run id and only moves the pointer. Versions are never modified after the rename.
 """
 
 from __future__ import annotations

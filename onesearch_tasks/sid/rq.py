@@ -148,25 +148,24 @@ class RQModel:
         return model
 
 
-def _load_index_array(path: Path) -> np.ndarray:
+def _read_model_array(path: Path, description: str) -> np.ndarray:
     if not path.is_file():
-        raise StorageError(f"missing RQ parent array {path}; the model folder is incomplete, rebuild with mode=full")
+        raise StorageError(f"missing {description} {path}; the model folder is incomplete, rebuild with mode=full")
     try:
-        array = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except (ValueError, OSError) as error:
-        raise StorageError(f"corrupt RQ parent array {path} ({error}); rebuild with mode=full") from error
+        raise StorageError(f"corrupt {description} {path} ({error}); rebuild with mode=full") from error
+
+
+def _load_index_array(path: Path) -> np.ndarray:
+    array = _read_model_array(path, "RQ parent array")
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise StorageError(f"RQ parent array {path} has shape {array.shape} and dtype {array.dtype}, expected 1-D integers")
     return array.astype(np.int64, copy=False)
 
 
 def _load_array(path: Path, dim: int) -> np.ndarray:
-    if not path.is_file():
-        raise StorageError(f"missing RQ codebook {path}; the model folder is incomplete, rebuild with mode=full")
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise StorageError(f"corrupt RQ codebook {path} ({error}); rebuild with mode=full") from error
+    array = _read_model_array(path, "RQ codebook")
     if array.ndim != 2 or array.shape[1] != dim:
         raise StorageError(f"RQ codebook {path} has shape {array.shape}, expected (k, {dim})")
     return np.ascontiguousarray(array, dtype=np.float32)
@@ -260,11 +259,13 @@ def _train_balanced(residual: np.ndarray, parents: np.ndarray, k_last: int, sett
 def _assign_balanced(model: RQModel, residual: np.ndarray, parents: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Assign points to their parent's stored centroids. Returns (local codes, centroid rows, unseen).
 
-    NOTE: a parent that the reference model never saw has no centroids; its points get
-    local code 0 and their residual is left as it is. The count is returned so the run
-    can report it; a full rebuild gives such parents their own centroids.
+    NOTE: a parent that the reference model never saw has no centroids. Its points get
+    local code 0 and keep their residual. The count is returned so that the run can report
+    it, and a full rebuild gives such parents their own centroids.
     """
-    assert model.parent_ids is not None and model.parent_offsets is not None and model.parent_centroids is not None
+    assert model.parent_ids is not None
+    assert model.parent_offsets is not None
+    assert model.parent_centroids is not None
     local = np.zeros(parents.shape[0], dtype=np.int64)
     rows = np.full(parents.shape[0], -1, dtype=np.int64)
     order, unique, bounds = _group_by_parent(parents)

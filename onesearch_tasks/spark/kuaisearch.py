@@ -1,7 +1,7 @@
 """Load files in the public KuaiSearch JSONL schema into the warehouse, one `ds` partition per call.
 
-Input files (any may carry extra fields; missing optional files are an error, because a
-day without one of them would silently drop a whole table):
+All five input files are required, because a day without one of them would silently drop
+a whole table. Any file may carry extra fields.
 
 =================  ==============================  =========================
 file               warehouse table                 one row per
