@@ -18,7 +18,9 @@ logger = logging.getLogger("onesearch")
 
 app = typer.Typer(help="OneSearch SID refresh and training-data pipeline.", no_args_is_help=True, add_completion=False)
 sid_app = typer.Typer(help="Build, inspect, publish and roll back Semantic ID versions.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect the training data built from SID versions.", no_args_is_help=True)
 app.add_typer(sid_app, name="sid")
+app.add_typer(data_app, name="data")
 
 
 class _State:
@@ -280,6 +282,42 @@ def opq_encode_command(
     _, folder = resolve_version(layout_for(_config()), version)
     rows = encode_table(folder, input_path, out, residual=residual)
     logger.info("encoded %d rows with version %s into %s", rows, folder.name, out)
+
+
+# --- training data -------------------------------------------------------------------------
+
+
+class Language(str, Enum):
+    zh = "zh"
+    en = "en"
+
+
+@app.command("build-data")
+def build_data_command(
+    version: VersionOption = "current",
+    language: Annotated[Optional[Language], typer.Option("--language", help="Prompt template set; default training_data.language.")] = None,
+    set_options: SetOption = None,
+) -> None:
+    """Build SFT (3 stages), self-distillation and RL data for a SID version."""
+    from onesearch_tasks.data.builder import build_training_data
+    from onesearch_tasks.sid.refresh import layout_for, warehouse_for
+
+    overrides = parse_set_options(set_options or [])
+    if language:
+        overrides["training_data.language"] = language.value
+    config = _config(overrides)
+    layout = layout_for(config)
+    stats = build_training_data(config, layout, warehouse_for(config, layout), version)
+    typer.echo(json.dumps({"version": stats["version"], "tasks": {task: sum(counts.values()) for task, counts in stats["tasks"].items()}}, ensure_ascii=False, indent=2))
+
+
+@data_app.command("stats")
+def data_stats_command(version: VersionOption = "current") -> None:
+    """Print the stats JSON of a version's training data (examples per task and split, drops)."""
+    from onesearch_tasks.data.builder import read_stats
+    from onesearch_tasks.sid.refresh import layout_for
+
+    typer.echo(json.dumps(read_stats(layout_for(_config()), version), indent=2, ensure_ascii=False))
 
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (ConfigError, StorageError, ValueError, FileNotFoundError, RuntimeError)

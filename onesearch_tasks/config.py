@@ -192,6 +192,42 @@ class GateConfig(_Section):
     max_quarantine_share: float = Field(0.05, ge=0.0, le=1.0)
 
 
+class TrainingDataConfig(_Section):
+    """Training-data builder settings (SFT stages, self-distillation pairs, RL data)."""
+
+    # Prompt language: the template file <template_dir>/<language>.yaml.
+    language: Literal["zh", "en"] = "zh"
+    # Folder of template files; null means the templates shipped in onesearch_tasks/data/templates.
+    template_dir: str | None = None
+    valid_share: float = Field(0.05, ge=0.0, lt=1.0)
+    test_share: float = Field(0.05, ge=0.0, lt=1.0)
+    # Salt of the hash that assigns split buckets; change it to draw a new split.
+    split_seed: str = "onesearch-split-v1"
+    # Salt of the user-id hash written instead of raw user ids.
+    user_salt: str = "onesearch-user-v1"
+    max_history: int = Field(5, ge=1, le=50)
+    max_personal_keywords: int = Field(5, ge=1, le=5)
+    max_query_keywords: int = Field(10, ge=1)
+    # Relevance labels at or above this tier also count as query-item pairs in stage 2.
+    min_pair_relevance: int = Field(2, ge=0, le=3)
+    # Listwise DPO negatives per example; relevance at or below this tier makes an item a negative.
+    dpo_negatives: int = Field(4, ge=1)
+    dpo_max_negative_relevance: int = Field(1, ge=0, le=3)
+    # Smoothed CTR = (clicks + prior_ctr * prior_strength) / (shows + prior_strength).
+    ctr_prior: float = Field(0.05, ge=0.0, le=1.0)
+    ctr_prior_strength: float = Field(20.0, gt=0.0)
+    # Regex that removes the keyword span from a teacher input; null: the template file's pattern.
+    sdft_keyword_pattern: str | None = None
+    # The token vocabulary lists every code of a layer only when the layer has at most this many.
+    max_listed_codes_per_layer: int = Field(1 << 20, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainingDataConfig":
+        if self.valid_share + self.test_share >= 1.0:
+            raise ValueError(f"training_data.valid_share + test_share = {self.valid_share + self.test_share} leaves no training data")
+        return self
+
+
 class OneSearchConfig(_Section):
     """The whole configuration. ``home`` is the state folder (null: $ONESEARCH_HOME or var/)."""
 
@@ -203,6 +239,7 @@ class OneSearchConfig(_Section):
     rq: RQConfig = Field(default_factory=RQConfig)
     opq: OPQConfig = Field(default_factory=OPQConfig)
     gates: GateConfig = Field(default_factory=GateConfig)
+    training_data: TrainingDataConfig = Field(default_factory=TrainingDataConfig)
 
     @property
     def home_path(self) -> Path:

@@ -5,7 +5,8 @@ Layout::
     $ONESEARCH_HOME/
       warehouse/<table>/ds=YYYY-MM-DD/*.parquet   embedded Spark tables
       sid/runs/<ds>/                             working folder of the run for one data date
-      sid/versions/<ds>.r<N>/                    published SID versions (never modified)
+      sid/versions/<ds>.r<N>/                    published SID versions (SID files never change;
+                                                 build-data adds training_data/)
       sid/CURRENT.json                           pointer to the current version, with history
       sid/locks/<ds>.lock                        one writer per data date
 

@@ -2,7 +2,8 @@
 # The main job on the embedded default: generate two days of joined KuaiSearch-style data,
 # then run the real `onesearch_sid_refresh` DAG with `airflow dags test` on SQLite for each
 # day. Day 1 has no published version, so it builds the SIDs from scratch; day 2 adds and
-# changes a few items and runs incrementally on top of day 1. State: var/demo/.
+# changes a few items and runs incrementally on top of day 1. Then the training-data DAG
+# builds the SFT, self-distillation and RL data of the day-2 version. State: var/demo/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +38,14 @@ for day in "$DAY1" "$DAY2"; do
   fi
   onesearch --log-level WARNING sid metrics --summary
 done
+
+echo "== airflow dags test onesearch_training_data $DAY2 (log: $ONESEARCH_HOME/training-data-$DAY2.log)"
+if ! airflow dags test onesearch_training_data "$DAY2" > "$ONESEARCH_HOME/training-data-$DAY2.log" 2>&1; then
+  echo "training-data DAG run failed; last lines of its log:" >&2
+  tail -n 40 "$ONESEARCH_HOME/training-data-$DAY2.log" >&2
+  exit 1
+fi
+onesearch --log-level WARNING data stats | python3 -c 'import json, sys; stats = json.load(sys.stdin); print("\n".join(f"  {task:28s} {sum(counts.values()):6d} examples" for task, counts in stats["tasks"].items()))'
 
 echo "== Published versions"
 onesearch --log-level WARNING sid versions

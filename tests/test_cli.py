@@ -15,7 +15,7 @@ COMMANDS = [
     [], ["sid"], ["load-kuaisearch"], ["demo-data"], ["opq-encode"],
     ["sid", "refresh"], ["sid", "extract"], ["sid", "embed"], ["sid", "rq"], ["sid", "opq"],
     ["sid", "evaluate"], ["sid", "publish"], ["sid", "export"], ["sid", "metrics"],
-    ["sid", "versions"], ["sid", "rollback"],
+    ["sid", "versions"], ["sid", "rollback"], ["build-data"], ["data"], ["data", "stats"],
 ]
 
 
@@ -74,6 +74,12 @@ def test_unknown_config_key_is_clear(empty_home):
     result = run_cli(["sid", "refresh", "--ds", "2025-01-01", "--set", "rq.kk=3"], empty_home)
     assert result.returncode == 2
     assert "kk" in result.stderr
+
+
+def test_build_data_unknown_version_is_clear(empty_home):
+    result = run_cli(["build-data", "--version", "2099-01-01.r1"], empty_home)
+    assert result.returncode == 2
+    assert "SID version '2099-01-01.r1' not found" in result.stderr
 
 
 def test_missing_config_file_is_clear(tmp_path):

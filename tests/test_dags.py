@@ -16,7 +16,7 @@ from conftest import REPO_ROOT, VENV_BIN, make_day_two, write_config
 
 DAG_FOLDER = REPO_ROOT / "dags"
 HEAVY_MODULES = ("torch", "faiss", "pyspark", "transformers", "trl", "llamafactory", "numpy", "pandas", "pyarrow")
-EXPECTED_DAG_IDS = {"onesearch_sid_refresh"}
+EXPECTED_DAG_IDS = {"onesearch_sid_refresh", "onesearch_training_data"}
 DAG_TEST_TIMEOUT_SECONDS = 600
 
 
@@ -103,3 +103,15 @@ def test_sid_refresh_dag_runs_full_then_incremental(tmp_path, kuaisearch_demo):
     with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
         events = [json.loads(extra) for (extra,) in db.execute("SELECT extra FROM asset_event ORDER BY id")]
     assert [event["version"] for event in events] == ["2025-03-01.r1", "2025-03-02.r1"]
+
+    # The training-data DAG, which the Asset triggers in a scheduler, run here by hand.
+    result = subprocess.run(
+        [airflow, "dags", "test", "onesearch_training_data", "2025-03-02"],
+        env=env, capture_output=True, text=True, timeout=DAG_TEST_TIMEOUT_SECONDS, check=False,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-5000:]
+    assert "state=success" in log, log[-3000:]
+    stats = json.loads((home / "sid" / "versions" / "2025-03-02.r1" / "training_data" / "stats.json").read_text())
+    assert stats["version"] == "2025-03-02.r1"
+    assert sum(stats["tasks"]["item_to_sid"].values()) > 0

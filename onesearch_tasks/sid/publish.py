@@ -3,7 +3,8 @@
 Publishing renames runs/<ds>/ to versions/<ds>.r<N>/ (one rename, same file system) and
 then replaces CURRENT.json (one os.replace). A crash between the two leaves a complete
 version that is not current. Publishing the same data date again finds that version by
-its run id and only moves the pointer. Versions are never modified after the rename.
+its run id and only moves the pointer. After the rename no SID file of a version changes;
+only `onesearch build-data` adds its training_data/ folder.
 """
 
 from __future__ import annotations

@@ -56,6 +56,8 @@ def _physical_frame(spark: "SparkSession", config: OneSearchConfig, warehouse: P
             f"table {logical!r} not found: no folder {path}. Load data first, for example "
             f"`onesearch load-kuaisearch --source DIR --ds DATE`, or fix source.tables.{logical}"
         )
+    if not any(path.glob("ds=*")):
+        raise ExtractError(f"table {logical!r} at {path} has no ds=... partitions; load at least one day into it")
     return spark.read.parquet(str(path))
 
 
@@ -80,6 +82,17 @@ def register_source_views(spark: "SparkSession", config: OneSearchConfig, wareho
         if logical == "items":
             frame = _normalize_items(frame, config.source.embedding_column)
         frame.createOrReplaceTempView(logical)
+
+
+def prepare_sources(spark: "SparkSession", config: OneSearchConfig, warehouse: Path, ds: str) -> None:
+    """Check the day's required partitions and register the views, in the order that gives
+    the clearest error: embedded partitions are plain folders and are checked first."""
+    if config.source.kind == "embedded":
+        check_partitions(spark, config, warehouse, ds)
+        register_source_views(spark, config, warehouse)
+    else:
+        register_source_views(spark, config, warehouse)
+        check_partitions(spark, config, warehouse, ds)
 
 
 def check_partitions(spark: "SparkSession", config: OneSearchConfig, warehouse: Path, ds: str) -> None:
@@ -109,8 +122,7 @@ def extract_day(spark: "SparkSession", config: OneSearchConfig, warehouse: Path,
     import pyarrow.dataset as pads
 
     validate_ds(ds)
-    register_source_views(spark, config, warehouse)
-    check_partitions(spark, config, warehouse, ds)
+    prepare_sources(spark, config, warehouse, ds)
 
     counts: dict[str, int] = {}
     for name, stem in EXTRACT_QUERIES.items():
