@@ -1,7 +1,7 @@
 """Inputs of the training-data builder: one SID version plus the warehouse tables of its day.
 
-The day's tables come from Spark SQL in `sql/training/` (the same views as the SID extract);
-the SIDs, matched keywords and models come from the version folder. Keyword SIDs are
+The day's tables come from Spark SQL in `sql/training/`, over the same views as the SID
+extract. The SIDs, matched keywords and models come from the version folder. Keyword SIDs are
 computed here by encoding each dictionary keyword's vector with the version's RQ and OPQ
 models, exactly as a query or item would be encoded.
 """

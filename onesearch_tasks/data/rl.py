@@ -36,7 +36,11 @@ class Scorer:
         return (clicks + self.prior * self.strength) / (shows + self.strength)
 
     def score(self, item_id: str, purchased: bool, clicked: bool, relevance: int | None) -> float:
-        base = PURCHASE_BASE if purchased else CLICK_BASE if clicked else 0.0
+        base = 0.0
+        if purchased:
+            base = PURCHASE_BASE
+        elif clicked:
+            base = CLICK_BASE
         return base + self.ctr(item_id) + (relevance or 0) / MAX_RELEVANCE
 
 

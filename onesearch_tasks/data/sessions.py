@@ -1,8 +1,8 @@
 """Per-session views of the day's logs: positives, impressions and the user's context.
 
 A session is keyed by (user_id, session_id). The search log gives its impressions, clicks
-and purchases; ranked rows of the same session add their clicked or bought targets and
-the user's earlier clicks and purchases. A session that appears only in the ranking log is
+and purchases. Ranked rows of the same session add their clicked or bought targets and the
+user's earlier clicks and purchases. A session that appears only in the ranking log is
 built from its ranked rows alone.
 """
 

@@ -136,7 +136,7 @@ class SFTBuilder:
         return output
 
     def query_keywords(self, query: str, clicked_items: list[str]) -> list[str]:
-        """The query's own keywords, then its clicked items' keywords by frequency."""
+        """List the query's own keywords, then its clicked items' keywords by frequency."""
         own = list(self.inputs.query_keywords.get(query, []))
         counts: Counter = Counter()
         for item_id in clicked_items:

@@ -98,7 +98,7 @@ class TemplateSet:
         return self.fragments["list_separator"].join(keywords)
 
     def keyword_span(self, keywords: list[str]) -> str:
-        """The teacher-only span; angle brackets inside keywords are dropped so the regex can find its end."""
+        """Render the teacher-only keyword span. Angle brackets inside keywords are dropped so the regex finds its end."""
         tokens = "".join("<" + re.sub(r"[<>]", "", keyword) + ">" for keyword in keywords)
         return self.fragments["keyword_span"].format(keyword_tokens=tokens)
 
