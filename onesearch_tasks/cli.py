@@ -284,6 +284,23 @@ def opq_encode_command(
     logger.info("encoded %d rows with version %s into %s", rows, folder.name, out)
 
 
+# --- training (forwarded to the training env) -------------------------------------------------
+
+
+@app.command(
+    "train",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    add_help_option=False,
+)
+def train_command(ctx: typer.Context) -> None:
+    """Run a training command in the training env: make-tiny-model, extend-vocab, sft, sdft.
+    `onesearch train --help` lists them."""
+    from onesearch_tasks.training.launcher import run_training_command
+
+    config_path = str(STATE.config_path) if STATE.config_path else None
+    run_training_command(_config(), list(ctx.args), config_path)
+
+
 # --- training data -------------------------------------------------------------------------
 
 

@@ -228,6 +228,53 @@ class TrainingDataConfig(_Section):
         return self
 
 
+class SDFTConfig(_Section):
+    """Joint self-distillation; the keys keep LLaMA-Factory-style names for the stage YAML."""
+
+    use_joint_sdft: bool = True
+    sdft_mode: Literal["joint", "ema"] = "joint"
+    sdft_kl_weight: float = Field(0.1, ge=0.0)
+    sdft_distill_temperature: float = Field(1.0, gt=0.0)
+    sdft_teacher_ce_weight: float = Field(1.0, ge=0.0)
+    sdft_ema_decay: float = Field(0.9, ge=0.0, le=1.0)
+    # Regex that removes the keyword span from teacher inputs; null: the template file's pattern.
+    sdft_keyword_pattern: str | None = None
+
+
+class TrainingConfig(_Section):
+    """Progressive SFT and SDFT settings; rendered into one LLaMA-Factory YAML per stage."""
+
+    # Python of the training env; null means .venv-train/bin/python in the repository.
+    python: str | None = None
+    # Local Hugging Face checkpoint of the base model; null means `onesearch train make-tiny-model` output.
+    base_model: str | None = None
+    template: str = "qwen"
+    cutoff_len: int = Field(512, ge=16)
+    per_device_train_batch_size: int = Field(4, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    learning_rate: float = Field(5e-5, gt=0.0)
+    num_train_epochs: float = Field(1.0, gt=0.0)
+    # Positive: stop each stage after this many optimizer steps (overrides epochs).
+    max_steps: int = -1
+    max_samples: int | None = None
+    # null: bf16 exactly when a CUDA GPU is present.
+    bf16: bool | None = None
+    deepspeed: str | None = None
+    fsdp: str | None = None
+    logging_steps: int = Field(10, ge=1)
+    # Training-data task names per SFT stage; the `train` split of each is used.
+    stage_tasks: dict[int, list[str]] = Field(default_factory=lambda: {
+        1: ["query_to_sid", "sid_to_query", "item_to_sid", "sid_to_item", "item_to_category", "query_to_category",
+            "item_sid_to_category", "query_to_keywords", "query_sid_to_keyword_sid", "personalized_keywords",
+            "personalized_keyword_sid"],
+        2: ["query_to_item", "item_to_query", "query_sid_to_item_sid", "item_sid_to_query_sid"],
+        3: ["personalized_item_sid"],
+    })
+    # Other LLaMA-Factory keys, passed through to every stage YAML unchanged.
+    extra_args: dict[str, Any] = Field(default_factory=dict)
+    sdft: SDFTConfig = Field(default_factory=SDFTConfig)
+
+
 class OneSearchConfig(_Section):
     """The whole configuration. ``home`` is the state folder (null: $ONESEARCH_HOME or var/)."""
 
@@ -240,6 +287,7 @@ class OneSearchConfig(_Section):
     opq: OPQConfig = Field(default_factory=OPQConfig)
     gates: GateConfig = Field(default_factory=GateConfig)
     training_data: TrainingDataConfig = Field(default_factory=TrainingDataConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
 
     @property
     def home_path(self) -> Path:
