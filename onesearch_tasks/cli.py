@@ -351,12 +351,11 @@ def main() -> None:
     except EXPECTED_ERRORS as error:
         logger.error("%s: %s", type(error).__name__, error)
         sys.exit(2)
-    except Exception as error:  # click usage errors arrive here with standalone_mode off
-        import click
-
-        if isinstance(error, click.ClickException):
+    except Exception as error:  # usage errors arrive here with standalone_mode off
+        # typer 0.29 raises exceptions of its bundled click copy, so match them by shape.
+        if hasattr(error, "show") and isinstance(getattr(error, "exit_code", None), int):
             error.show()
-            sys.exit(error.exit_code)
+            sys.exit(2 if error.exit_code in (1, 2) else error.exit_code)
         raise
 
 

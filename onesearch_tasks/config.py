@@ -151,7 +151,7 @@ class RQConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> "RQConfig":
         if not self.k or any(k < 1 for k in self.k):
-            raise ValueError(f"rq.k={self.k} must list at least one positive cluster count")
+            raise ValueError(f"rq.k={self.k} must list one or more cluster counts, each at least 1")
         if len(self.k) > 8:
             raise ValueError(f"rq.k={self.k} has {len(self.k)} layers; at most 8 are supported")
         if self.balanced_type == 1 and len(self.k) < 3:
@@ -190,6 +190,8 @@ class GateConfig(_Section):
     max_churn: float = Field(0.0, ge=0.0, le=1.0)
     # Share of input rows sent to quarantine.
     max_quarantine_share: float = Field(0.05, ge=0.0, le=1.0)
+    # Share of the reference version's keys that a run may remove (per entity, incremental runs).
+    max_removed_share: float = Field(0.2, ge=0.0, le=1.0)
 
 
 class TrainingDataConfig(_Section):
@@ -354,7 +356,12 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     try:
         config = OneSearchConfig.model_validate(tree)
     except ValidationError as error:
-        raise ConfigError(f"invalid config {config_path}:\n{error}") from error
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" + (f" (got {item['input']!r})" if item["type"] != "missing" else "")
+            for item in error.errors()
+        )
+        source = f"{config_path} with overrides {overrides}" if overrides else str(config_path)
+        raise ConfigError(f"invalid configuration ({source}): {problems}") from error
     logger.debug("loaded config %s with overrides %s", config_path, overrides)
     return config
 

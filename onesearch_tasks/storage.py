@@ -42,6 +42,10 @@ class StorageError(RuntimeError):
     """A state folder is missing, locked or inconsistent."""
 
 
+class LockedError(StorageError):
+    """Another process holds the lock of a data date; retrying later can succeed."""
+
+
 def validate_ds(ds: str) -> str:
     """Return ds if it is a real YYYY-MM-DD date, else raise ValueError naming it."""
     if not isinstance(ds, str) or not DS_PATTERN.match(ds):
@@ -206,7 +210,7 @@ def run_lock(layout: StateLayout, ds: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             if error.errno in (errno.EAGAIN, errno.EACCES):
-                raise StorageError(
+                raise LockedError(
                     f"another process is working on data date {ds} (lock {path}); wait for it to finish"
                 ) from error
             raise

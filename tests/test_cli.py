@@ -82,6 +82,24 @@ def test_build_data_unknown_version_is_clear(empty_home):
     assert "SID version '2099-01-01.r1' not found" in result.stderr
 
 
+@pytest.mark.parametrize("args", [["sid", "refrsh"], ["sid", "refresh"], ["sid", "export", "--kind", "users", "--out", "x"], ["sid", "refresh", "--ds", "2025-01-01", "--opq-m", "x"]], ids=["typo", "missing-ds", "bad-choice", "bad-int"])
+def test_usage_errors_exit_2_without_traceback(empty_home, args):
+    result = run_cli(args, empty_home)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "Error" in result.stderr
+
+
+def test_step_out_of_order_names_fix(empty_home, tmp_path):
+    run_dir = tmp_path / "home" / "sid" / "runs" / "2025-01-01"
+    run_dir.mkdir(parents=True)
+    manifest = {"ds": "2025-01-01", "run_id": "x", "config": {}, "reference_version": None, "steps": {"extract": {}}}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    result = run_cli(["sid", "rq", "--ds", "2025-01-01"], empty_home)
+    assert result.returncode == 2
+    assert "run `onesearch sid embed --ds 2025-01-01`" in result.stderr
+
+
 def test_missing_config_file_is_clear(tmp_path):
     result = run_cli(["--config", str(tmp_path / "nope.yaml"), "sid", "versions"], {})
     assert result.returncode == 2

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ DAG_FOLDER = REPO_ROOT / "dags"
 HEAVY_MODULES = ("torch", "faiss", "pyspark", "transformers", "trl", "llamafactory", "numpy", "pandas", "pyarrow")
 EXPECTED_DAG_IDS = {"onesearch_sid_refresh", "onesearch_training_data"}
 DAG_TEST_TIMEOUT_SECONDS = 600
+# A failing run without retries ends well within this; with retries it takes over 10 minutes.
+FAIL_FAST_SECONDS = 240
 
 
 def _airflow_env(tmp_path: Path, config_path: Path | None = None) -> dict[str, str]:
@@ -103,6 +106,19 @@ def test_sid_refresh_dag_runs_full_then_incremental(tmp_path, kuaisearch_demo):
     with sqlite3.connect(tmp_path / "airflow" / "airflow.db") as db:
         events = [json.loads(extra) for (extra,) in db.execute("SELECT extra FROM asset_event ORDER BY id")]
     assert [event["version"] for event in events] == ["2025-03-01.r1", "2025-03-02.r1"]
+
+    # A day that was never loaded fails at once: no retries for errors a retry cannot fix.
+    started = time.monotonic()
+    result = subprocess.run(
+        [airflow, "dags", "test", "onesearch_sid_refresh", "2025-03-09"],
+        env=env, capture_output=True, text=True, timeout=DAG_TEST_TIMEOUT_SECONDS, check=False,
+    )
+    log = result.stdout + result.stderr
+    assert "missing partition ds=2025-03-09" in log
+    assert "state=failed" in log, log[-3000:]
+    assert "up_for_retry" not in log
+    assert time.monotonic() - started < FAIL_FAST_SECONDS
+    assert json.loads((home / "sid" / "CURRENT.json").read_text())["version"] == "2025-03-02.r1"
 
     # The training-data DAG, which the Asset triggers in a scheduler, run here by hand.
     result = subprocess.run(

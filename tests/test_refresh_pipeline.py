@@ -204,6 +204,28 @@ def test_bad_rows_quarantined_with_reasons(pipeline, kuaisearch_demo, tmp_path):
     assert item_counts["quarantined"] == 4
 
 
+def test_empty_snapshot_refused(pipeline, kuaisearch_demo, tmp_path):
+    source = tmp_path / "empty-items"
+    make_day_two(kuaisearch_demo, source)
+    (source / "items.jsonl").write_text("")
+    (source / "relevance.jsonl").write_text("")
+    load_kuaisearch(pipeline.spark, source, pipeline.warehouse, "2025-02-02")
+    with pytest.raises(ExtractError, match="items partition ds=2025-02-02 is empty"):
+        run_extract(load_config(pipeline.config_path), "2025-02-02")
+
+
+def test_mass_removal_fails_gate(pipeline, kuaisearch_demo, tmp_path):
+    source = tmp_path / "half"
+    make_day_two(kuaisearch_demo, source)
+    items = read_jsonl(source / "items.jsonl")
+    write_jsonl(source / "items.jsonl", items[: len(items) // 3])
+    load_kuaisearch(pipeline.spark, source, pipeline.warehouse, "2025-02-03")
+    before = current_version(pipeline.layout)
+    with pytest.raises(QualityGateError, match=r"items\.removed_share="):
+        run_refresh(load_config(pipeline.config_path), "2025-02-03")
+    assert current_version(pipeline.layout) == before
+
+
 def test_missing_partition_is_clear_error(pipeline):
     with pytest.raises(ExtractError, match=r"missing partition ds=2031-05-05 in table 'items'"):
         run_extract(load_config(pipeline.config_path), "2031-05-05")

@@ -57,6 +57,34 @@ PARAMS: dict[str, Param] = {
 OVERRIDE_PARAMS = ("mode", "k", "balanced_type", "referlayer", "normalize_residuals", "opq_m", "opq_bits", "items_partition_mode", "queries_partition_mode")
 
 
+def fail_fast(function):
+    """Run a step; errors that a retry cannot fix fail the task at once, without retries.
+
+    Bad configuration, missing data, invalid input and failed quality gates raise
+    AirflowFailException; a held lock and unexpected errors keep the task's retries.
+    """
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from onesearch_tasks.storage import LockedError
+
+        try:
+            return function(*args, **kwargs)
+        except LockedError:
+            raise
+        except (ValueError, FileNotFoundError) as error:
+            raise AirflowFailException(f"{type(error).__name__}: {error}") from error
+        except RuntimeError as error:
+            if type(error).__module__.startswith("onesearch_tasks"):
+                raise AirflowFailException(f"{type(error).__name__}: {error}") from error
+            raise
+
+    return wrapper
+
+
 def data_date(context: Any) -> str:
     """Return the run's data date as YYYY-MM-DD (see the DAG docs for the order of sources)."""
     from onesearch_tasks.storage import validate_ds
@@ -89,6 +117,7 @@ def build_dag() -> DAG:
     ) as dag:
 
         @task
+        @fail_fast
         def extract() -> dict[str, str]:
             """Load source_dir if given, then run the day's Spark SQL into a fresh run folder."""
             from onesearch_tasks.sid.refresh import layout_for, run_extract, warehouse_for
@@ -109,6 +138,7 @@ def build_dag() -> DAG:
             return {"ds": ds, "run_id": run.manifest["run_id"]}
 
         @task
+        @fail_fast
         def embed(run: dict[str, str]) -> dict[str, str]:
             """Validate keys, embed them and apply keyword enhancement."""
             from onesearch_tasks.sid.refresh import run_embed
@@ -117,6 +147,7 @@ def build_dag() -> DAG:
             return run
 
         @task
+        @fail_fast
         def rq(run: dict[str, str]) -> dict[str, str]:
             """Residual k-means: assign with frozen codebooks, or retrain layers after referlayer."""
             from onesearch_tasks.sid.refresh import run_rq
@@ -125,6 +156,7 @@ def build_dag() -> DAG:
             return run
 
         @task
+        @fail_fast
         def opq(run: dict[str, str]) -> dict[str, str]:
             """OPQ codes and the SID tables."""
             from onesearch_tasks.sid.refresh import run_opq
@@ -133,6 +165,7 @@ def build_dag() -> DAG:
             return run
 
         @task
+        @fail_fast
         def evaluate(run: dict[str, str]) -> dict[str, str]:
             """Metrics and quality gates; a failed gate fails the task and blocks publishing."""
             from onesearch_tasks.sid.refresh import run_evaluate
@@ -141,6 +174,7 @@ def build_dag() -> DAG:
             return run
 
         @task(outlets=[SID_VERSION_ASSET])
+        @fail_fast
         def publish(run: dict[str, str]) -> dict[str, Any]:
             """Atomically make the run the current SID version and emit the Asset event."""
             from onesearch_tasks.sid.refresh import run_publish

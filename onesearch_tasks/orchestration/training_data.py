@@ -23,7 +23,7 @@ from typing import Any
 from airflow.sdk import DAG, Param, get_current_context, task
 
 from onesearch_tasks.config import load_config
-from onesearch_tasks.orchestration.sid_refresh import SID_VERSION_ASSET
+from onesearch_tasks.orchestration.sid_refresh import SID_VERSION_ASSET, fail_fast
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ def build_dag() -> DAG:
     ) as dag:
 
         @task
+        @fail_fast
         def build_data() -> dict[str, Any]:
             """Build every dataset of the version and log the example counts."""
             from onesearch_tasks.data.builder import build_training_data

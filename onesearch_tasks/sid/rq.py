@@ -326,7 +326,7 @@ def train_rq(vectors: np.ndarray, settings: RQSettings, reference: RQModel | Non
         codes[:, layer] = nearest_centroid(residual, centroids)
         residual = _subtract(residual, centroids, codes[:, layer], settings.normalize_residuals)
         codebooks.append(centroids)
-        logger.info("RQ layer %d/%d (%s): k=%d, %d codes used", layer + 1, depth, source, centroids.shape[0], np.unique(codes[:, layer]).shape[0])
+        logger.info("RQ layer %d/%d (%s): k=%d, the %d keys assigned here use %d codes", layer + 1, depth, source, centroids.shape[0], rows, np.unique(codes[:, layer]).shape[0])
 
     model = RQModel(tuple(settings.k), dim, settings.balanced_type, settings.normalize_residuals, codebooks)
     if settings.balanced_type:

@@ -9,6 +9,10 @@ from typing import TYPE_CHECKING
 from onesearch_tasks.config import OneSearchConfig
 
 if TYPE_CHECKING:
+    import warnings
+
+    # pyspark 4.2 warns about pandas 3 at import; the pipeline hands Spark no pandas objects.
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     from pyspark.sql import SparkSession
 
 logger = logging.getLogger(__name__)
