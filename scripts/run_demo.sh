@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: generate two days of joined KuaiSearch-style data,
 # then run the real `onesearch_sid_refresh` DAG with `airflow dags test` on SQLite for each
-# day. Day 1 has no published version, so it builds the SIDs from scratch; day 2 adds and
+# day. Day 1 has no published version, so it builds the SIDs from scratch. Day 2 adds and
 # changes a few items and runs incrementally on top of day 1. Then the training-data DAG
 # builds the SFT, self-distillation and RL data of the day-2 version. State: var/demo/.
 set -euo pipefail

@@ -1,9 +1,11 @@
 """Start training commands in the training env. Imported by the Airflow env; no torch here.
 
-Local subprocess is the default: the training env's Python (training.python, default
-.venv-train/bin/python) runs `onesearch_tasks.training.main`. On a cluster the same
-command line runs on a GPU worker (a Celery `gpu` queue) or in a pod that requests
-`nvidia.com/gpu`; only the way the command is started changes.
+The training env's Python (training.python, default .venv-train/bin/python) runs
+`onesearch_tasks.training.main` as a local subprocess.
+
+NOTE: only the local subprocess is implemented. On a cluster, a task on a Celery `gpu`
+queue or a KubernetesPodOperator requesting `nvidia.com/gpu` would start the same command
+line from `training_command`.
 """
 
 from __future__ import annotations

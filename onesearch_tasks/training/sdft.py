@@ -1,7 +1,7 @@
 """Joint self-distillation fine-tuning (SDFT) on top of LLaMA-Factory's SFT machinery.
 
-One model is both teacher and student. The teacher sees the input with the item keyword
-span; the student sees the same input with the span removed by `sdft_keyword_pattern`:
+One model is both teacher and student. The teacher's input contains the item keyword span.
+The student's input is the same text with the span removed by `sdft_keyword_pattern`:
 
     L = CE(student) + w_teacher * CE(teacher) + w_kl * T^2 * KL(p_teacher || p_student)
 

@@ -65,7 +65,7 @@ def _use_bf16(config: TrainingConfig) -> bool:
 
 
 def stage_arguments(config: TrainingConfig, stage: int | str, model_path: Path, dataset_dir: Path, output_dir: Path) -> dict[str, Any]:
-    """The LLaMA-Factory training arguments of one stage (stage 1-3 or 'sdft')."""
+    """Build the LLaMA-Factory training arguments of one stage (stage 1-3 or 'sdft')."""
     arguments: dict[str, Any] = {
         "model_name_or_path": str(model_path),
         "stage": "sft",
