@@ -35,6 +35,16 @@ class ConfigError(ValueError):
     """Invalid configuration file or override."""
 
 
+def _compiled_pattern(value: str | None, name: str) -> str | None:
+    if value is None:
+        return value
+    try:
+        re.compile(value)
+    except re.error as error:
+        raise ValueError(f"{name}={value!r} is not a valid regular expression: {error}") from error
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -223,6 +233,11 @@ class TrainingDataConfig(_Section):
     # The token vocabulary lists every code of a layer only when the layer has at most this many.
     max_listed_codes_per_layer: int = Field(1 << 20, ge=1)
 
+    @field_validator("sdft_keyword_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str | None) -> str | None:
+        return _compiled_pattern(value, "training_data.sdft_keyword_pattern")
+
     @model_validator(mode="after")
     def _check(self) -> "TrainingDataConfig":
         if self.valid_share + self.test_share >= 1.0:
@@ -241,6 +256,11 @@ class SDFTConfig(_Section):
     sdft_ema_decay: float = Field(0.9, ge=0.0, le=1.0)
     # Regex that removes the keyword span from teacher inputs; null: the template file's pattern.
     sdft_keyword_pattern: str | None = None
+
+    @field_validator("sdft_keyword_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str | None) -> str | None:
+        return _compiled_pattern(value, "training.sdft.sdft_keyword_pattern")
 
 
 class TrainingConfig(_Section):

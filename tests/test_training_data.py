@@ -303,6 +303,26 @@ def test_missing_partition_is_clear(generated, tmp_path):
         build_training_data(generated.config, generated.layout, warehouse)
 
 
+def test_missing_optional_partition_is_clear(generated, tmp_path):
+    import shutil
+
+    warehouse = tmp_path / "warehouse"
+    shutil.copytree(generated.warehouse, warehouse)
+    shutil.rmtree(warehouse / "rank_events" / f"ds={DS}")
+    with pytest.raises(ExtractError, match=f"missing partition ds={DS} in table 'rank_events'"):
+        build_training_data(generated.config, generated.layout, warehouse)
+
+
+def test_anonymous_sessions_stay_apart(generated):
+    from onesearch_tasks.data.sessions import Session, _attach_history
+
+    sessions = [Session(user_id="", session_id=str(index), query=f"q{index}", time_index=index, clicked=["1"]) for index in range(3)]
+    _attach_history(sessions, max_history=5)
+    assert all(session.recent_queries == [] for session in sessions)
+    assert len({session.split_key for session in sessions}) == 3
+    assert user_token("", "salt") == ""
+
+
 def test_missing_table_is_clear(generated, tmp_path):
     import shutil
 

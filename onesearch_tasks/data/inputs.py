@@ -24,6 +24,7 @@ from onesearch_tasks.storage import StorageError, read_json
 logger = logging.getLogger(__name__)
 
 TRAINING_QUERIES = ("sessions", "rank_events", "items", "users", "relevance")
+ALL_SOURCE_TABLES = ("items", "search_sessions", "rank_events", "users", "relevance_labels")
 REQUIRED_VERSION_FILES = ("sid_items.parquet", "sid_queries.parquet", "keywords/dictionary.parquet", "model/rq_model.json", "model/opq.faiss", "manifest.json")
 
 
@@ -95,7 +96,8 @@ def load_training_inputs(config: OneSearchConfig, version: str, folder: Path, wa
     check_version_folder(folder)
     ds = read_json(folder / "manifest.json")["ds"]
     spark = get_spark(config)
-    prepare_sources(spark, config, warehouse, ds)
+    # Profiles, item counts and relevance tiers all shape the examples, so every table is required.
+    prepare_sources(spark, config, warehouse, ds, required=ALL_SOURCE_TABLES)
     frames = {name: run_sql_file(spark, f"training/{name}", ds).toArrow().to_pandas() for name in TRAINING_QUERIES}
 
     item_table = pd.read_parquet(folder / "sid_items.parquet")
@@ -103,10 +105,11 @@ def load_training_inputs(config: OneSearchConfig, version: str, folder: Path, wa
     model = RQModel.load(folder / "model")
     bits = pq_layout(load_opq(folder / "model"))[1]
 
+    # A missing id becomes "" (not pandas' "<NA>"), so anonymous sessions never share a user.
     for name in ("sessions", "rank_events", "users"):
-        frames[name]["user_id"] = frames[name]["user_id"].astype("string")
+        frames[name]["user_id"] = frames[name]["user_id"].astype("string").fillna("")
     for name in ("sessions", "rank_events"):
-        frames[name]["session_id"] = frames[name]["session_id"].astype("string")
+        frames[name]["session_id"] = frames[name]["session_id"].astype("string").fillna("")
     frames["items"]["category_path"] = frames["items"]["category_path"].fillna("")
     frames["rank_events"]["target_item_id"] = frames["rank_events"]["target_item_id"].astype("string")
 

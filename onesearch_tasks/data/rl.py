@@ -102,9 +102,10 @@ class RLBuilder:
                 return self.scorer.score(item, item in purchased, item in clicked, self.relevance.get((session.query, item)))
 
             chosen = min(positives, key=lambda item: (-score(item), sids[item]))
+            positive_sids = {sids[item] for item in positives}
             negatives = [
                 item for item in shown
-                if item not in purchased and item not in clicked
+                if item not in purchased and item not in clicked and sids[item] not in positive_sids
                 and (item in session.impressed or self.relevance.get((session.query, item), MAX_RELEVANCE) <= self.config.dpo_max_negative_relevance)
             ]
             negatives = sorted(negatives, key=lambda item: (score(item), sids[item]))[: self.config.dpo_negatives]

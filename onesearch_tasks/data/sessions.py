@@ -49,7 +49,9 @@ class Session:
 
     @property
     def split_key(self) -> str:
-        return f"user:{self.user_id}" if self.user_id else f"session:{self.session_id}"
+        if self.user_id:
+            return f"user:{self.user_id}"
+        return f"session:{self.session_id}:{self.query}"
 
 
 def _append_unique(values: list[str], extra: list[str]) -> None:

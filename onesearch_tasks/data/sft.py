@@ -117,10 +117,12 @@ class SFTBuilder:
         output = TaskOutput("query_to_category")
         votes: dict[str, Counter] = defaultdict(Counter)
         positives: dict[str, int] = Counter()
+        clicked_by_query: dict[str, list[str]] = defaultdict(list)
         queries = sorted({session.query for session in self.sessions if session.query})
         for session in self.sessions:
             for item_id in session.positives:
                 positives[session.query] += 1
+                clicked_by_query[session.query].append(item_id)
                 category = self.categories.get(item_id)
                 if category:
                     votes[session.query][category] += 1
@@ -129,7 +131,8 @@ class SFTBuilder:
                 output.drop(QUERY_WITHOUT_CLICKS)
                 continue
             if not votes[query]:
-                output.drop(CLICKS_WITHOUT_CATEGORY)
+                known = any(item in self.item_titles for item in clicked_by_query[query])
+                output.drop(CLICKS_WITHOUT_CATEGORY if known else UNKNOWN_ITEM)
                 continue
             category = min(votes[query].items(), key=lambda item: (-item[1], item[0]))[0]
             output.emit(f"query:{query}", self._render("query_to_category", {"query": query, "query_sid": self.inputs.query_sids.get(query, ""), "category": category}))

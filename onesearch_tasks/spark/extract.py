@@ -84,22 +84,27 @@ def register_source_views(spark: "SparkSession", config: OneSearchConfig, wareho
         frame.createOrReplaceTempView(logical)
 
 
-def prepare_sources(spark: "SparkSession", config: OneSearchConfig, warehouse: Path, ds: str) -> None:
+def prepare_sources(spark: "SparkSession", config: OneSearchConfig, warehouse: Path, ds: str, required: tuple[str, ...] = REQUIRED_PARTITIONS) -> None:
     """Check the day's required partitions and register the views, in the order that gives
     the clearest error: embedded partitions are plain folders and are checked first."""
     if config.source.kind == "embedded":
-        check_partitions(spark, config, warehouse, ds)
+        check_partitions(spark, config, warehouse, ds, required)
         register_source_views(spark, config, warehouse)
     else:
         register_source_views(spark, config, warehouse)
-        check_partitions(spark, config, warehouse, ds)
+        check_partitions(spark, config, warehouse, ds, required)
 
 
-def check_partitions(spark: "SparkSession", config: OneSearchConfig, warehouse: Path, ds: str) -> None:
+def check_partitions(spark: "SparkSession", config: OneSearchConfig, warehouse: Path, ds: str, required: tuple[str, ...] = REQUIRED_PARTITIONS) -> None:
     """Raise ExtractError when a required table has no partition for ds."""
-    for logical in REQUIRED_PARTITIONS:
+    for logical in required:
         physical = getattr(config.source.tables, logical)
         if config.source.kind == "embedded":
+            if not (warehouse / physical).is_dir():
+                raise ExtractError(
+                    f"table {logical!r} not found: no folder {warehouse / physical}. Load data first, for example "
+                    f"`onesearch load-kuaisearch --source DIR --ds {ds}`, or fix source.tables.{logical}"
+                )
             present = (warehouse / physical / f"ds={ds}").is_dir()
         else:
             present = spark.sql(f"SELECT 1 FROM {logical} WHERE ds = :ds LIMIT 1", args={"ds": ds}).count() > 0

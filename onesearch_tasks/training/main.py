@@ -37,16 +37,31 @@ def _parser() -> argparse.ArgumentParser:
     sft.add_argument("--stages", default="1,2,3", help="comma-separated stages to run in order, e.g. 1,2,3")
 
     sdft = commands.add_parser("sdft", help="Run joint self-distillation from a model on the SDFT pairs.")
-    sdft.add_argument("--model", required=True, type=Path, help="model to start from (usually stage 3's output)")
-    sdft.add_argument("--data", required=True, type=Path, help="training_data folder of a SID version")
-    sdft.add_argument("--out", required=True, type=Path, help="output folder")
-    sdft.add_argument("--yaml", type=Path, help="run this YAML as is instead of generating one")
+    sdft.add_argument("--model", type=Path, help="model to start from (usually stage 3's output)")
+    sdft.add_argument("--data", type=Path, help="training_data folder of a SID version")
+    sdft.add_argument("--out", type=Path, help="output folder")
+    sdft.add_argument("--yaml", type=Path, help="rerun a saved SDFT YAML (e.g. OUT/onesearch_stagesdft.yaml) instead of --model/--data/--out")
     return parser
 
 
+def _check_model_folder(path: Path, option: str) -> None:
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{option} {path} is not a local Hugging Face model folder (no config.json)")
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Run one command; known failures print one line and exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        _run(args, parser)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        logging.getLogger("onesearch.train").error("%s: %s", type(error).__name__, error)
+        sys.exit(2)
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     config = load_config(args.config)
 
     if args.command == "make-tiny-model":
@@ -56,17 +71,28 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "extend-vocab":
         from onesearch_tasks.training.vocab import extend_vocab
 
+        _check_model_folder(args.base, "--base")
         result = extend_vocab(args.base, args.sid_vocab, args.out)
     elif args.command == "sft":
-        from onesearch_tasks.training.stages import run_progressive
+        from onesearch_tasks.training.stages import STAGES, run_progressive
 
-        stages = tuple(int(stage) for stage in args.stages.split(","))
-        result = run_progressive(config.training, args.model, args.data, args.out, stages)
+        stages = tuple(part.strip() for part in args.stages.split(","))
+        if not stages or any(stage not in {str(known) for known in STAGES} for stage in stages):
+            parser.error(f"--stages {args.stages!r} is invalid; use stages from 1, 2, 3 separated by commas, e.g. 1,2,3")
+        result = run_progressive(config.training, args.model, args.data, args.out, tuple(int(stage) for stage in stages))
     else:
         from onesearch_tasks.training.sdft import run_sdft
         from onesearch_tasks.training.stages import stage_arguments, write_stage_yaml
 
-        yaml_path = args.yaml or write_stage_yaml(stage_arguments(config.training, "sdft", args.model, args.data, args.out), args.out, "sdft")
+        if args.yaml:
+            if not args.yaml.is_file():
+                raise FileNotFoundError(f"--yaml {args.yaml} not found")
+            yaml_path = args.yaml
+        else:
+            if not (args.model and args.data and args.out):
+                parser.error("sdft needs --model, --data and --out, or --yaml")
+            _check_model_folder(args.model, "--model")
+            yaml_path = write_stage_yaml(stage_arguments(config.training, "sdft", args.model, args.data, args.out), args.out, "sdft")
         result = run_sdft(yaml_path)
     print(json.dumps(result, ensure_ascii=False, indent=2, default=str))
 
