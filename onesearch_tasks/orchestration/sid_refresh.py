@@ -30,13 +30,13 @@ from typing import Any
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, get_current_context, task
 
 from onesearch_tasks.config import load_config, run_overrides
+from onesearch_tasks.orchestration.common import fail_fast, onesearch_dag
 
 logger = logging.getLogger(__name__)
 
 DAG_ID = "onesearch_sid_refresh"
 SID_VERSION_ASSET = Asset(name="onesearch_sid_version", uri="x-onesearch://sid/current")
 SCHEDULE = CronDataIntervalTimetable("0 0 * * *", timezone="UTC")
-START_DATE = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 TASK_RETRIES = 2
 RETRY_DELAY = dt.timedelta(minutes=5)
 TAGS = ["onesearch", "sid", "spark", "faiss"]
@@ -55,34 +55,6 @@ PARAMS: dict[str, Param] = {
     "source_dir": Param(None, type=["null", "string"], description="Optional folder of KuaiSearch-schema JSONL files, loaded into the day's warehouse partition before the extract."),
 }
 OVERRIDE_PARAMS = ("mode", "k", "balanced_type", "referlayer", "normalize_residuals", "opq_m", "opq_bits", "items_partition_mode", "queries_partition_mode")
-
-
-def fail_fast(function):
-    """Run a step; errors that a retry cannot fix fail the task at once, without retries.
-
-    Bad configuration, missing data, invalid input and failed quality gates raise
-    AirflowFailException; a held lock and unexpected errors keep the task's retries.
-    """
-    import functools
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        from onesearch_tasks.storage import LockedError
-
-        try:
-            return function(*args, **kwargs)
-        except LockedError:
-            raise
-        except (ValueError, FileNotFoundError) as error:
-            raise AirflowFailException(f"{type(error).__name__}: {error}") from error
-        except RuntimeError as error:
-            if type(error).__module__.startswith("onesearch_tasks"):
-                raise AirflowFailException(f"{type(error).__name__}: {error}") from error
-            raise
-
-    return wrapper
 
 
 def data_date(context: Any) -> str:
@@ -104,17 +76,7 @@ def run_config(context: Any):
 
 
 def build_dag() -> DAG:
-    with DAG(
-        dag_id=DAG_ID,
-        schedule=SCHEDULE,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        params=PARAMS,
-        tags=TAGS,
-        doc_md=__doc__,
-        default_args={"retries": TASK_RETRIES, "retry_delay": RETRY_DELAY, "owner": "onesearch"},
-    ) as dag:
+    with onesearch_dag(DAG_ID, schedule=SCHEDULE, params=PARAMS, tags=TAGS, doc_md=__doc__, retries=TASK_RETRIES, retry_delay=RETRY_DELAY) as dag:
 
         @task
         @fail_fast

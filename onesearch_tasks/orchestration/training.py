@@ -24,12 +24,11 @@ from typing import Any
 from airflow.sdk import DAG, Param, get_current_context, task
 
 from onesearch_tasks.config import CONFIG_ENV_VAR, load_config
-from onesearch_tasks.orchestration.sid_refresh import fail_fast
+from onesearch_tasks.orchestration.common import fail_fast, onesearch_dag
 
 logger = logging.getLogger(__name__)
 
 DAG_ID = "onesearch_training"
-START_DATE = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 TASK_RETRIES = 1
 RETRY_DELAY = dt.timedelta(minutes=10)
 TAGS = ["onesearch", "training", "llamafactory", "gpu"]
@@ -65,17 +64,7 @@ def _train(paths: dict[str, str], arguments: list[str]) -> None:
 
 
 def build_dag() -> DAG:
-    with DAG(
-        dag_id=DAG_ID,
-        schedule=None,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        params=PARAMS,
-        tags=TAGS,
-        doc_md=__doc__,
-        default_args={"retries": TASK_RETRIES, "retry_delay": RETRY_DELAY, "owner": "onesearch"},
-    ) as dag:
+    with onesearch_dag(DAG_ID, schedule=None, params=PARAMS, tags=TAGS, doc_md=__doc__, retries=TASK_RETRIES, retry_delay=RETRY_DELAY) as dag:
 
         @task
         @fail_fast

@@ -23,12 +23,12 @@ from typing import Any
 from airflow.sdk import DAG, Param, get_current_context, task
 
 from onesearch_tasks.config import load_config
-from onesearch_tasks.orchestration.sid_refresh import SID_VERSION_ASSET, fail_fast
+from onesearch_tasks.orchestration.common import fail_fast, onesearch_dag
+from onesearch_tasks.orchestration.sid_refresh import SID_VERSION_ASSET
 
 logger = logging.getLogger(__name__)
 
 DAG_ID = "onesearch_training_data"
-START_DATE = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
 TASK_RETRIES = 2
 RETRY_DELAY = dt.timedelta(minutes=5)
 TAGS = ["onesearch", "training-data", "spark"]
@@ -53,17 +53,7 @@ def requested_version(context: Any) -> str:
 
 
 def build_dag() -> DAG:
-    with DAG(
-        dag_id=DAG_ID,
-        schedule=[SID_VERSION_ASSET],
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        params=PARAMS,
-        tags=TAGS,
-        doc_md=__doc__,
-        default_args={"retries": TASK_RETRIES, "retry_delay": RETRY_DELAY, "owner": "onesearch"},
-    ) as dag:
+    with onesearch_dag(DAG_ID, schedule=[SID_VERSION_ASSET], params=PARAMS, tags=TAGS, doc_md=__doc__, retries=TASK_RETRIES, retry_delay=RETRY_DELAY) as dag:
 
         @task
         @fail_fast
