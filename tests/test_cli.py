@@ -142,7 +142,8 @@ def test_cli_refresh_export_encode_rollback(empty_home, tmp_path, kuaisearch_dem
     metrics = run_cli(["sid", "metrics"], empty_home)
     assert json.loads(metrics.stdout)["entities"]["items"]["churn"]["churn"] == 0.0
     summary = run_cli(["sid", "metrics", "--summary"], empty_home)
-    assert "items" in summary.stdout and "ICR=" in summary.stdout
+    assert "items" in summary.stdout
+    assert "ICR=" in summary.stdout
 
     # opq-encode on the stored vectors of the current version reproduces its SIDs.
     version = tmp_path / "home" / "sid" / "versions" / "2025-04-02.r1"

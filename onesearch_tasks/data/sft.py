@@ -83,6 +83,7 @@ class SFTBuilder:
         self.item_titles = _item_titles(inputs)
         self.categories = {str(row.item_id): row.category_path for row in inputs.items.itertuples(index=False) if row.category_path}
         self.sdft_pattern = re.compile(config.sdft_keyword_pattern or templates.sdft_keyword_pattern)
+        self.profiles = {str(row.user_id): (row.gender, row.age_bucket) for row in inputs.users.itertuples(index=False)}
 
     def _render(self, task: str, values: dict[str, str]) -> dict[str, str]:
         return self.templates.task(task).render(values)
@@ -176,12 +177,6 @@ class SFTBuilder:
             "recent_queries": self.templates.join_queries(session.recent_queries),
             "recent_item_sids": self.templates.join_sids(recent_sids),
         }
-
-    @property
-    def profiles(self) -> dict[str, tuple[str | None, str | None]]:
-        if not hasattr(self, "_profiles"):
-            self._profiles = {str(row.user_id): (row.gender, row.age_bucket) for row in self.inputs.users.itertuples(index=False)}
-        return self._profiles
 
     def personalized_keyword_tasks(self) -> list[TaskOutput]:
         text_task, sid_task = TaskOutput("personalized_keywords"), TaskOutput("personalized_keyword_sid")

@@ -219,9 +219,11 @@ def _parse_dictionary_line(fields: list[str], dim: int) -> tuple[str, str, int, 
     keyword, type_name, pv_text, embedding_text = (field.strip() for field in fields)
     if not keyword or keyword == "\\N":
         return "empty keyword"
+
     type_name = type_name.lower()
     if type_name not in KEYWORD_TYPES:
         return f"unknown type {type_name!r}; expected one of {', '.join(KEYWORD_TYPES)}"
+
     try:
         pv_value = float(pv_text)
     except ValueError:
@@ -231,6 +233,7 @@ def _parse_dictionary_line(fields: list[str], dim: int) -> tuple[str, str, int, 
     if pv_value < 0:
         return f"pv {pv_value:g} is negative"
     pv = int(pv_value)
+
     if not embedding_text:
         return keyword, type_name, pv, None
     try:

@@ -123,14 +123,13 @@ def open_run(config: OneSearchConfig, ds: str) -> Run:
 
 
 STEP_ORDER = ("extract", "embed", "rq", "opq", "evaluate")
-STEP_COMMANDS = {"extract": "extract", "embed": "embed", "rq": "rq", "opq": "opq", "evaluate": "evaluate"}
 
 
 def require_step(run: Run, step: str) -> None:
     """Raise StorageError naming the command to run when an earlier step has not finished."""
     for earlier in STEP_ORDER[: STEP_ORDER.index(step)]:
         if earlier not in run.manifest.get("steps", {}):
-            raise StorageError(f"step {step!r} needs step {earlier!r} of ds={run.ds} first; run `onesearch sid {STEP_COMMANDS[earlier]} --ds {run.ds}`")
+            raise StorageError(f"step {step!r} needs step {earlier!r} of ds={run.ds} first; run `onesearch sid {earlier} --ds {run.ds}`")
 
 
 def _finish_step(run: Run, step: str, info: dict[str, Any]) -> None:
@@ -138,9 +137,8 @@ def _finish_step(run: Run, step: str, info: dict[str, Any]) -> None:
     info = {**info, "finished_at": _now()}
     manifest.setdefault("steps", {})[step] = info
     # A rerun of a step invalidates everything after it.
-    order = ["extract", "embed", "rq", "opq", "evaluate"]
-    if step in order:
-        for later in order[order.index(step) + 1 :]:
+    if step in STEP_ORDER:
+        for later in STEP_ORDER[STEP_ORDER.index(step) + 1 :]:
             manifest["steps"].pop(later, None)
     write_json_atomic(run.path / MANIFEST_FILE, manifest)
     run.manifest.clear()
@@ -276,9 +274,7 @@ def run_embed(config: OneSearchConfig, ds: str) -> Run:
             kept, quarantined = validate_rows(entity, rows, embedder.dim, embedder.signature())
             kept = _assign_status(kept, reference.keys if reference is not None else None, entity)
             kept.insert(0, "entity", entity)
-            counts[entity] = {"in": len(rows), "valid": len(kept), "quarantined": len(quarantined)}
-            if counts[entity]["in"] != counts[entity]["valid"] + counts[entity]["quarantined"]:
-                raise AssertionError(f"{entity}: row counts do not reconcile: {counts[entity]}")
+            counts[entity] = {"in": len(rows)}
             frames.append(kept)
             quarantines.append(quarantined)
 
@@ -292,7 +288,6 @@ def run_embed(config: OneSearchConfig, ds: str) -> Run:
             counts[entity]["quarantined"] = int((quarantine["entity"] == entity).sum()) if len(quarantine) else 0
             counts[entity]["processed"] = int(((keys["entity"] == entity) & (keys["status"] != STATUS_CARRIED)).sum())
             counts[entity]["carried"] = int(((keys["entity"] == entity) & (keys["status"] == STATUS_CARRIED)).sum())
-            del counts[entity]["valid"]
             if counts[entity]["in"] != counts[entity]["processed"] + counts[entity]["quarantined"]:
                 raise AssertionError(f"{entity}: in != processed + quarantined: {counts[entity]}")
 

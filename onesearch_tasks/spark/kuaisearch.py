@@ -14,9 +14,9 @@ relevance.jsonl    relevance_labels (+ items)      labelled (query, title)
 =================  ==============================  =========================
 
 Ids become strings, so production ids of any type fit. The relevance file names items by
-title only; such items are keyed ``t`` + the first 16 hex digits of SHA-1(UTF-8 title)
-and added to ``items`` with ``id_source = 'title_hash'`` unless the row carries an
-``item_id`` (the generated demo data does). Lines that are not valid JSON or do not fit
+title only. Such items are keyed ``t`` + the first 16 hex digits of SHA-1(UTF-8 title) and
+added to ``items`` with ``id_source = 'title_hash'``. A relevance row that carries an
+``item_id`` (the generated demo data does) keeps that id instead. Lines that are not valid JSON or do not fit
 the schema go to ``_load_quarantine`` with the table name and reason.
 """
 
