@@ -131,14 +131,18 @@ class KeywordConfig(_Section):
 class RQConfig(_Section):
     """Residual k-means settings.
 
-    ``referlayer``: layers 1..referlayer reuse the reference model's codebooks; later
-    layers are retrained. Null means the depth, so nothing is retrained.
+    ``referlayer``: layers 1..referlayer reuse the reference model's codebooks. Null means
+    the depth, so nothing changes. Later layers are updated online with the new and changed
+    keys only, and unchanged keys keep their SIDs; with ``refit_later_layers`` they are
+    retrained on all keys instead, which costs as much as a full build of those layers and
+    may change any key's SID.
     """
 
     mode: Literal["full", "incremental"] = "incremental"
     k: tuple[int, ...] = (1024, 1024, 1024)
     balanced_type: Literal[0, 1, 2] = 0
     referlayer: int | None = None
+    refit_later_layers: bool = False
     normalize_residuals: bool = False
     niter: int = Field(25, ge=1)
     seed: int = 1234

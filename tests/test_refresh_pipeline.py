@@ -23,7 +23,7 @@ from onesearch_tasks.storage import current_version, read_json
 
 pytestmark = pytest.mark.spark
 
-DAY1, DAY2, DAY3 = "2025-01-01", "2025-01-02", "2025-01-03"
+DAY1, DAY2, DAY3, DAY4 = "2025-01-01", "2025-01-02", "2025-01-03", "2025-01-04"
 
 
 @pytest.fixture(scope="module")
@@ -157,15 +157,35 @@ def test_day_two_reuses_frozen_codebooks(pipeline):
     assert (pipeline.first.path / "model" / "opq.faiss").read_bytes() == (pipeline.second.path / "model" / "opq.faiss").read_bytes()
 
 
-def test_referlayer_retrains_later_layers(pipeline, tmp_path):
-    config_path = write_config(tmp_path / "config.yaml", pipeline.config.home_path, rq={"referlayer": 2}, gates={"max_churn": 1.0})
-    config = load_config(config_path)
-    load_kuaisearch(pipeline.spark, pipeline.day_two_dir, pipeline.warehouse, DAY3)
+def test_referlayer_updates_online(pipeline, tmp_path):
+    config = load_config(write_config(tmp_path / "config.yaml", pipeline.config.home_path, rq={"referlayer": 2}))
+    day_three_dir = tmp_path / "day3"
+    make_day_two(pipeline.day_two_dir, day_three_dir)
+    load_kuaisearch(pipeline.spark, day_three_dir, pipeline.warehouse, DAY3)
     third = run_refresh(config, DAY3)
     metrics = _metrics(third.path)
+    rq_step = read_json(third.path / "manifest.json")["steps"]["rq"]
     for name in ("rq_codebook_1.npy", "rq_codebook_2.npy"):
         assert np.array_equal(np.load(pipeline.second.path / "model" / name), np.load(third.path / "model" / name)), name
+    assert not np.array_equal(np.load(pipeline.second.path / "model" / "rq_codebook_3.npy"), np.load(third.path / "model" / "rq_codebook_3.npy"))
+    assert metrics["rq_update"] == "online"
+    assert rq_step["updated_layers"] == [3]
+    assert rq_step["encoded_keys"] < rq_step["reused_keys"]
+    assert metrics["entities"]["items"]["churn"]["churn"] == 0.0
+    assert metrics["entities"]["items"]["churn"]["unchanged_keys"] > 0
+
+
+def test_refit_retrains_later_layers(pipeline, tmp_path):
+    rq = {"referlayer": 2, "refit_later_layers": True}
+    config = load_config(write_config(tmp_path / "config.yaml", pipeline.config.home_path, rq=rq, gates={"max_churn": 1.0}))
+    load_kuaisearch(pipeline.spark, pipeline.day_two_dir, pipeline.warehouse, DAY4)
+    fourth = run_refresh(config, DAY4)
+    metrics = _metrics(fourth.path)
+    reference_model = pipeline.layout.version_dir(fourth.previous) / "model"
+    for name in ("rq_codebook_1.npy", "rq_codebook_2.npy"):
+        assert np.array_equal(np.load(reference_model / name), np.load(fourth.path / "model" / name)), name
     assert metrics["mode"] == "incremental"
+    assert metrics["rq_update"] == "refit"
     assert 0.0 <= metrics["entities"]["items"]["churn"]["churn"] <= 1.0
     assert metrics["entities"]["items"]["churn"]["unchanged_keys"] > 0
 

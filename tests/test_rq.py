@@ -16,6 +16,7 @@ from onesearch_tasks.sid.rq import (
     RQSettings,
     cluster_statistics,
     encode_rq,
+    extend_rq,
     train_rq,
 )
 from onesearch_tasks.storage import StorageError
@@ -294,6 +295,80 @@ def test_encode_unseen_parent_keeps_residual(vectors, trained) -> None:
 
 
 # --- persistence ---------------------------------------------------------------------------------
+
+
+# --- extend_rq: online update of later layers -------------------------------------------------
+
+
+def one_layer_model(centroids: list[list[float]]) -> RQModel:
+    codebook = np.array(centroids, dtype=np.float32)
+    return RQModel((codebook.shape[0],), codebook.shape[1], 0, False, [codebook])
+
+
+def test_extend_weighted_mean_update() -> None:
+    model = one_layer_model([[0.0, 0.0], [10.0, 10.0]])
+    reference_codes = np.array([[0], [0], [0], [1]], dtype=np.int64)
+
+    updated, codes, _, _ = extend_rq(model, np.array([[1.0, 0.0]], dtype=np.float32), 0, reference_codes)
+
+    # Centroid 0 held 3 keys: (3 * (0, 0) + (1, 0)) / 4 = (0.25, 0).
+    np.testing.assert_allclose(updated.codebooks[0][0], [0.25, 0.0])
+    np.testing.assert_allclose(updated.codebooks[0][1], [10.0, 10.0])
+    assert codes[:, 0].tolist() == [0]
+
+
+def test_extend_empty_centroid_takes_mean() -> None:
+    model = one_layer_model([[0.0, 0.0], [10.0, 10.0]])
+    reference_codes = np.array([[0]], dtype=np.int64)
+    points = np.array([[8.0, 8.0], [12.0, 10.0]], dtype=np.float32)
+
+    updated, codes, residuals, _ = extend_rq(model, points, 0, reference_codes)
+
+    np.testing.assert_allclose(updated.codebooks[0][1], [10.0, 9.0])
+    assert codes[:, 0].tolist() == [1, 1]
+    np.testing.assert_allclose(residuals, [[-2.0, -1.0], [2.0, 1.0]])
+
+
+def test_extend_keeps_reference_unchanged(vectors, trained) -> None:
+    model, codes, _ = trained[0]
+    before = [codebook.copy() for codebook in model.codebooks]
+
+    updated, _, _, _ = extend_rq(model, vectors[:50] * 1.5, 1, codes)
+
+    for layer, codebook in enumerate(before):
+        np.testing.assert_array_equal(model.codebooks[layer], codebook)
+    np.testing.assert_array_equal(updated.codebooks[0], before[0])
+    assert updated.stats["updated_layers"] == [2, 3]
+
+
+@pytest.mark.parametrize("balanced_type", BALANCED_TYPES)
+def test_extend_full_referlayer_is_encode(vectors, trained, balanced_type: int) -> None:
+    model, _, _ = trained[balanced_type]
+
+    updated, codes, residuals, _ = extend_rq(model, vectors[:40], model.depth)
+    expected_codes, expected_residuals, _ = encode_rq(model, vectors[:40])
+
+    np.testing.assert_array_equal(codes, expected_codes)
+    np.testing.assert_array_equal(residuals, expected_residuals)
+    assert updated.stats["updated_layers"] == []
+
+
+def test_extend_balanced_updates_upper_only(vectors, trained) -> None:
+    model, codes, _ = trained[1]
+
+    updated, new_codes, _, _ = extend_rq(model, vectors[:60], 1, codes)
+
+    assert updated.stats["updated_layers"] == [2]
+    assert updated.parent_centroids is model.parent_centroids
+    assert new_codes[:, 2].max() < model.code_space(2)
+
+
+def test_extend_invalid_referlayer_raises(vectors, trained) -> None:
+    model, _, _ = trained[0]
+
+    with pytest.raises(RQError, match="referlayer=4"):
+        extend_rq(model, vectors[:5], 4)
+
 
 
 @pytest.mark.parametrize("balanced_type", BALANCED_TYPES)

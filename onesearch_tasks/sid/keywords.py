@@ -14,6 +14,8 @@ w = keywords.raw_weight (0.5 by default); a key with no match keeps its raw vect
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import logging
 import math
@@ -36,6 +38,10 @@ KEYWORD_TYPES: tuple[str, ...] = (
     "scene", "specifications", "price", "model", "anchor", "series", "marketing", "season", "pattern",
 )
 EMBEDDING_SEPARATOR = "\x02"
+# Joins texts for one matcher pass; keywords that contain it are left out of the matcher.
+TEXT_SEPARATOR = "\x00"
+MATCH_BATCH_TEXTS = 200_000
+FUSE_BATCH_ROWS = 65_536
 DICTIONARY_FIELDS = 4
 CATEGORY_COLUMNS = ("category_level1_name", "category_level2_name", "category_level3_name")
 # Separators inside catalog category names ("瑜伽舞蹈/健身/体育/护具") and attribute lists.
@@ -212,8 +218,8 @@ def build_catalog_dictionary(items: pd.DataFrame, embedder: Embedder, config: Ke
     return KeywordDictionary(keywords, types, np.asarray(pv, dtype=np.int64), vectors)
 
 
-def _parse_dictionary_line(fields: list[str], dim: int) -> tuple[str, str, int, np.ndarray | None] | str:
-    """Return (keyword, type, pv, vector or None) or a rejection reason."""
+def _parse_line_fields(fields: list[str]) -> tuple[str, str, int, str] | str:
+    """Check the keyword, type and pv fields. Return (keyword, type, pv, emb text) or a rejection reason."""
     if len(fields) != DICTIONARY_FIELDS:
         return f"expected {DICTIONARY_FIELDS} tab-separated fields, found {len(fields)}"
     keyword, type_name, pv_text, embedding_text = (field.strip() for field in fields)
@@ -232,28 +238,61 @@ def _parse_dictionary_line(fields: list[str], dim: int) -> tuple[str, str, int, 
         return f"pv {pv_text!r} is not finite"
     if pv_value < 0:
         return f"pv {pv_value:g} is negative"
-    pv = int(pv_value)
+    return keyword, type_name, int(pv_value), embedding_text
 
-    if not embedding_text:
-        return keyword, type_name, pv, None
+
+def _parse_embedding(embedding_text: str, dim: int) -> np.ndarray | str:
+    """Parse one emb field into a (dim,) float32 vector, or return a rejection reason."""
     try:
         vector = np.array([float(part) for part in embedding_text.split(EMBEDDING_SEPARATOR)], dtype=np.float32)
     except ValueError:
         return "embedding has a value that is not a float"
     if vector.shape[0] != dim:
         return f"embedding has {vector.shape[0]} values, expected {dim}"
+    return vector
+
+
+def _parse_embeddings(texts: list[str], dim: int) -> list[np.ndarray | str]:
+    """Parse many emb fields at once with pandas' C parser; fall back to one line at a time.
+
+    The fast path takes the fields that have dim values and parses them as one CSV block.
+    Any field it cannot parse (a word, an empty value, "nan") sends the whole block to the
+    per-line parser, which names the problem of each line.
+    """
+    results: list[np.ndarray | str] = [f"embedding has {text.count(EMBEDDING_SEPARATOR) + 1} values, expected {dim}" for text in texts]
+    full = [position for position, text in enumerate(texts) if text.count(EMBEDDING_SEPARATOR) == dim - 1]
+    if not full:
+        return results
+    try:
+        block = pd.read_csv(
+            io.StringIO("\n".join(texts[position] for position in full)),
+            sep=EMBEDDING_SEPARATOR, header=None, dtype=np.float32, engine="c",
+            na_filter=False, quoting=csv.QUOTE_NONE,
+        ).to_numpy()
+        if block.shape != (len(full), dim):
+            raise ValueError(f"parsed block has shape {block.shape}")
+    except (ValueError, pd.errors.ParserError):
+        for position in full:
+            results[position] = _parse_embedding(texts[position], dim)
+        return results
+    for row, position in enumerate(full):
+        results[position] = block[row]
+    return results
+
+
+def _vector_problem(vector: np.ndarray) -> str | None:
     if not np.all(np.isfinite(vector)):
         return "embedding contains NaN or inf"
     if not np.any(vector):
         return "embedding is all zeros"
-    return keyword, type_name, pv, vector
+    return None
 
 
 def read_dictionary_file(path: Path, embedder: Embedder) -> tuple[KeywordDictionary, list[RejectedLine]]:
     """Read a `keyword \\t type \\t pv \\t emb` file. Bad lines are returned, not raised.
 
-    A line with an empty emb field gets its vector from the embedder.
-    Raises KeywordDictionaryError when the file is missing or not UTF-8.
+    A line with an empty emb field gets its vector from the embedder. Rejected lines come
+    back in file order. Raises KeywordDictionaryError when the file is missing or not UTF-8.
     """
     path = Path(path)
     if not path.is_file():
@@ -263,17 +302,27 @@ def read_dictionary_file(path: Path, embedder: Embedder) -> tuple[KeywordDiction
     except UnicodeDecodeError as error:
         raise KeywordDictionaryError(f"keyword dictionary {path} is not UTF-8: {error}") from error
 
-    keywords, types, pv, vectors = [], [], [], []
-    missing_vector_rows: list[int] = []
     rejected: list[RejectedLine] = []
+    parsed_lines: list[tuple[int, str, str, int, str]] = []
     for line_number, line in enumerate(lines, start=1):
         if not line.strip() or line.startswith("#"):
             continue
-        parsed = _parse_dictionary_line(line.split("\t"), embedder.dim)
+        parsed = _parse_line_fields(line.split("\t"))
         if isinstance(parsed, str):
             rejected.append(RejectedLine(str(path), line_number, parsed, line[:500]))
+        else:
+            parsed_lines.append((line_number, *parsed))
+
+    given = [entry for entry in parsed_lines if entry[4]]
+    given_vectors = dict(zip((entry[0] for entry in given), _parse_embeddings([entry[4] for entry in given], embedder.dim)))
+    keywords, types, pv, vectors = [], [], [], []
+    missing_vector_rows: list[int] = []
+    for line_number, keyword, type_name, count, embedding_text in parsed_lines:
+        vector = given_vectors.get(line_number)
+        problem = vector if isinstance(vector, str) else (_vector_problem(vector) if vector is not None else None)
+        if problem is not None:
+            rejected.append(RejectedLine(str(path), line_number, problem, lines[line_number - 1][:500]))
             continue
-        keyword, type_name, count, vector = parsed
         if vector is None:
             missing_vector_rows.append(len(keywords))
             vector = np.zeros(embedder.dim, dtype=np.float32)
@@ -286,44 +335,87 @@ def read_dictionary_file(path: Path, embedder: Embedder) -> tuple[KeywordDiction
     if missing_vector_rows:
         matrix[missing_vector_rows] = embedder.embed([keywords[row] for row in missing_vector_rows])
     l2_normalize(matrix)
+    rejected.sort(key=lambda entry: entry.line_number)
     if rejected:
         logger.warning("keyword dictionary %s: rejected %d of %d lines", path, len(rejected), len(lines))
     return KeywordDictionary(keywords, types, np.asarray(pv, dtype=np.int64), matrix), rejected
 
 
 class KeywordMatcher:
-    """Case-insensitive Aho-Corasick matcher over a dictionary's keywords."""
+    """Case-insensitive Aho-Corasick matcher over a dictionary's keywords.
+
+    match_arrays scans many texts in one pass over their concatenation, so the per-match
+    work stays in C except for one tuple per match; containment is then resolved with numpy.
+    """
 
     def __init__(self, keywords: Sequence[str]) -> None:
         import ahocorasick
 
         self._automaton = ahocorasick.Automaton()
+        lengths = np.zeros(len(keywords), dtype=np.int64)
+        skipped = 0
         for index, keyword in enumerate(keywords):
             lowered = keyword.lower()
+            if TEXT_SEPARATOR in lowered:
+                skipped += 1
+                continue
             if lowered and lowered not in self._automaton:
-                self._automaton.add_word(lowered, (index, len(lowered)))
+                self._automaton.add_word(lowered, index)
+                lengths[index] = len(lowered)
+        if skipped:
+            logger.warning("keyword matcher: left out %d keywords that contain the NUL character", skipped)
+        self._lengths = lengths
         self._empty = len(self._automaton) == 0
         if not self._empty:
             self._automaton.make_automaton()
 
+    def match_arrays(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Return (rows, keyword indices) of the kept matches, both (m,) int64.
+
+        Pairs are ordered by row, then by position in the text. A match that lies inside a
+        longer match of the same text is dropped.
+        """
+        rows: list[np.ndarray] = []
+        indices: list[np.ndarray] = []
+        if not self._empty:
+            for start in range(0, len(texts), MATCH_BATCH_TEXTS):
+                batch_rows, batch_indices = self._match_batch(texts[start : start + MATCH_BATCH_TEXTS])
+                rows.append(batch_rows + start)
+                indices.append(batch_indices)
+        if not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(rows), np.concatenate(indices)
+
+    def _match_batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        lowered = [text.lower() if text else "" for text in texts]
+        widths = np.fromiter(map(len, lowered), dtype=np.int64, count=len(lowered)) + len(TEXT_SEPARATOR)
+        text_starts = np.cumsum(widths) - widths
+        hits = list(self._automaton.iter(TEXT_SEPARATOR.join(lowered)))
+        if not hits:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        flat = np.fromiter(itertools.chain.from_iterable(hits), dtype=np.int64, count=2 * len(hits))
+        ends, indices = flat[0::2] + 1, flat[1::2]
+        starts = ends - self._lengths[indices]
+
+        # Sort by start, longer first at equal starts. A match is inside a longer one exactly
+        # when some earlier match in this order ends at or after its end. Matches never span
+        # two texts, so the running maximum needs no reset between texts.
+        order = np.lexsort((-ends, starts))
+        sorted_ends = ends[order]
+        earlier_max_end = np.maximum.accumulate(np.concatenate(([-1], sorted_ends[:-1])))
+        kept = order[earlier_max_end < sorted_ends]
+        rows = np.searchsorted(text_starts, starts[kept], side="right") - 1
+        return rows, indices[kept]
+
     def match(self, text: str) -> list[int]:
         """Return indices of kept keywords in text, in order of position."""
-        if self._empty or not text:
-            return []
-        spans = [(end + 1 - length, end + 1, index) for end, (index, length) in self._automaton.iter(text.lower())]
-        if not spans:
-            return []
-        spans.sort(key=lambda span: (span[0] - span[1], span[0]))
-        kept: list[tuple[int, int, int]] = []
-        for start, end, index in spans:
-            if any(kept_start <= start and end <= kept_end for kept_start, kept_end, _ in kept):
-                continue
-            kept.append((start, end, index))
-        kept.sort()
-        return [index for _, _, index in kept]
+        return self.match_many([text])[0]
 
-    def match_many(self, texts: Iterable[str]) -> list[list[int]]:
-        return [self.match(text) for text in texts]
+    def match_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """Return one list of keyword indices per text (see match_arrays)."""
+        rows, indices = self.match_arrays(texts)
+        bounds = np.searchsorted(rows, np.arange(len(texts) + 1))
+        return [chunk.tolist() for chunk in np.split(indices, bounds[1:-1])] if len(texts) else []
 
 
 def fuse_embeddings(raw: np.ndarray, matches: Sequence[Sequence[int]], keyword_vectors: np.ndarray, raw_weight: float) -> np.ndarray:
@@ -334,16 +426,33 @@ def fuse_embeddings(raw: np.ndarray, matches: Sequence[Sequence[int]], keyword_v
     """
     if len(matches) != raw.shape[0]:
         raise ValueError(f"{len(matches)} match lists for {raw.shape[0]} vectors")
-    fused = np.array(raw, dtype=np.float32, copy=True)
     lengths = np.fromiter((len(row) for row in matches), dtype=np.int64, count=len(matches))
-    matched_rows = np.flatnonzero(lengths)
-    if matched_rows.size == 0:
-        return fused
+    rows = np.repeat(np.arange(len(matches), dtype=np.int64), lengths)
     flat = np.fromiter(itertools.chain.from_iterable(matches), dtype=np.int64, count=int(lengths.sum()))
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))[matched_rows]
-    means = np.add.reduceat(keyword_vectors[flat], starts, axis=0) / lengths[matched_rows, None]
-    fused[matched_rows] = raw_weight * raw[matched_rows] + (1.0 - raw_weight) * means
-    fused[matched_rows] = l2_normalize(fused[matched_rows])
+    return fuse_matches(raw, rows, flat, keyword_vectors, raw_weight)
+
+
+def fuse_matches(raw: np.ndarray, rows: np.ndarray, keyword_indices: np.ndarray, keyword_vectors: np.ndarray, raw_weight: float) -> np.ndarray:
+    """fuse_embeddings for matches given as (rows, keyword indices) pairs sorted by row.
+
+    Works through FUSE_BATCH_ROWS matched rows at a time, so the gathered keyword vectors
+    never need more than a batch's worth of memory.
+    """
+    fused = np.array(raw, dtype=np.float32, copy=True)
+    if rows.size == 0:
+        return fused
+    if np.any(np.diff(rows) < 0):
+        raise ValueError("match rows must be sorted in ascending order")
+    group_starts = np.flatnonzero(np.concatenate(([True], rows[1:] != rows[:-1])))
+    group_sizes = np.diff(np.append(group_starts, rows.size))
+    for first in range(0, group_starts.size, FUSE_BATCH_ROWS):
+        starts = group_starts[first : first + FUSE_BATCH_ROWS]
+        sizes = group_sizes[first : first + FUSE_BATCH_ROWS]
+        begin, end = starts[0], starts[-1] + sizes[-1]
+        sums = np.add.reduceat(keyword_vectors[keyword_indices[begin:end]], starts - begin, axis=0)
+        target = rows[starts]
+        mixed = raw_weight * raw[target] + (1.0 - raw_weight) * (sums / sizes[:, None])
+        fused[target] = l2_normalize(mixed.astype(np.float32, copy=False))
     return fused
 
 

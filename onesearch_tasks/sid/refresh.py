@@ -48,12 +48,12 @@ from onesearch_tasks.sid.keywords import (
     KeywordDictionary,
     KeywordMatcher,
     build_catalog_dictionary,
-    fuse_embeddings,
+    fuse_matches,
     read_dictionary_file,
 )
 from onesearch_tasks.sid.opq import encode_opq, load_opq, save_opq, train_opq
 from onesearch_tasks.sid.publish import MANIFEST_FILE, PublishResult, publish_run
-from onesearch_tasks.sid.rq import RQModel, RQSettings, cluster_statistics, encode_rq, train_rq
+from onesearch_tasks.sid.rq import RQModel, RQSettings, check_reference, cluster_statistics, extend_rq, train_rq
 from onesearch_tasks.sid.validation import QUARANTINE_COLUMNS, validate_rows
 from onesearch_tasks.storage import (
     StateLayout,
@@ -338,10 +338,13 @@ def _vectors_for(keys: pd.DataFrame, reference: VersionState | None, reuse: bool
             raw[given] /= np.linalg.norm(raw[given], axis=1, keepdims=True)
         if (~given).any():
             raw[~given] = embedder.embed(subset.loc[~given, "text"].tolist())
-        matches = matcher.match_many(subset["text"].tolist())
-        vectors[todo] = fuse_embeddings(raw, matches, dictionary.vectors, config.keywords.raw_weight)
-        for position, indices in zip(todo, matches):
-            matched[position] = [dictionary.keywords[index] for index in indices]
+        match_rows, match_indices = matcher.match_arrays(subset["text"].tolist())
+        vectors[todo] = fuse_matches(raw, match_rows, match_indices, dictionary.vectors, config.keywords.raw_weight)
+        names = np.asarray(dictionary.keywords, dtype=object)[match_indices]
+        bounds = np.searchsorted(match_rows, np.arange(todo.size + 1))
+        for position, begin, end in zip(todo.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
+            if end > begin:
+                matched[position] = names[begin:end].tolist()
 
     keys = keys.assign(matched_keywords=matched)
     empty = np.linalg.norm(vectors, axis=1) == 0
@@ -410,9 +413,24 @@ def _reference_rows(keys: pd.DataFrame, reference_keys: pd.DataFrame) -> np.ndar
     return joined["reference_row"].fillna(-1).to_numpy(dtype=np.int64)
 
 
-def _frozen_reference(run: Run) -> bool:
-    """True when the run reuses every layer and the OPQ model of its reference."""
-    return run.incremental and run.config.rq.effective_referlayer == run.config.rq.depth
+def rq_update_kind(run: Run) -> str:
+    """How this run's RQ model relates to its reference.
+
+    full: no reference. frozen: every layer reused. online: layers after referlayer updated
+    with the new and changed keys only (extend_rq). refit: layers after referlayer retrained
+    on all keys (rq.refit_later_layers). With frozen and online, reused keys copy their
+    codes, residuals and OPQ codes from the reference.
+    """
+    if not run.incremental:
+        return "full"
+    rq = run.config.rq
+    if rq.effective_referlayer == rq.depth:
+        return "frozen"
+    return "refit" if rq.refit_later_layers else "online"
+
+
+def _copies_reference_codes(run: Run) -> bool:
+    return rq_update_kind(run) in ("frozen", "online")
 
 
 def _reused_rows(run: Run, keys: pd.DataFrame, reference: VersionState) -> tuple[np.ndarray, np.ndarray]:
@@ -431,29 +449,20 @@ def run_rq(config: OneSearchConfig, ds: str) -> Run:
     with run_lock(run.layout, ds):
         state = VersionState.load(run.path, with_codes=False)
         vectors = state.embeddings
-        info: dict[str, Any] = {"mode": "full", "referlayer": 0, "unseen_parent_points": 0}
-        if run.incremental:
+        update = rq_update_kind(run)
+        info: dict[str, Any] = {"mode": "full", "update": update, "referlayer": 0, "unseen_parent_points": 0}
+        if update == "full":
+            model, codes, residuals = train_rq(vectors, settings)
+        else:
             reference_model = RQModel.load(run.reference_path / "model")
+            check_reference(reference_model, settings, vectors.shape[1])
             referlayer = config.rq.effective_referlayer
             info.update(mode="incremental", referlayer=referlayer, reference=run.manifest["reference_version"])
-            if _frozen_reference(run):
-                from onesearch_tasks.sid.rq import check_reference
-
-                check_reference(reference_model, settings, vectors.shape[1])
-                reference = VersionState.load(run.reference_path)
-                reuse, rows = _reused_rows(run, state.keys, reference)
-                codes = np.empty((len(state.keys), config.rq.depth), dtype=np.int64)
-                residuals = np.empty_like(vectors)
-                codes[reuse], residuals[reuse] = reference.rq_codes[rows], reference.residuals[rows]
-                codes[~reuse], residuals[~reuse], unseen = encode_rq(reference_model, vectors[~reuse])
-                model = reference_model
-                info.update(reused_keys=int(reuse.sum()), encoded_keys=int((~reuse).sum()), unseen_parent_points=unseen)
-                if unseen:
-                    logger.warning("%d new keys fall under last-layer parents the reference never saw; they share local code 0 there until a full rebuild", unseen)
-            else:
+            if update == "refit":
                 model, codes, residuals = train_rq(vectors, settings, reference_model, referlayer)
-        else:
-            model, codes, residuals = train_rq(vectors, settings)
+            else:
+                model, codes, residuals, info_update = _extend_reference(run, state, reference_model, referlayer)
+                info.update(info_update)
 
         model.save(run.path / "model")
         save_npy_atomic(run.path / "rq_codes.npy", codes)
@@ -463,6 +472,21 @@ def run_rq(config: OneSearchConfig, ds: str) -> Run:
         _finish_step(run, "rq", info)
     logger.info("rq ds=%s: %s", ds, info)
     return run
+
+
+def _extend_reference(run: Run, state: "VersionState", reference_model: RQModel, referlayer: int) -> tuple[RQModel, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Copy the codes of reused keys from the reference and encode the rest (see extend_rq)."""
+    reference = VersionState.load(run.reference_path)
+    reuse, rows = _reused_rows(run, state.keys, reference)
+    vectors = state.embeddings
+    codes = np.empty((len(state.keys), reference_model.depth), dtype=np.int64)
+    residuals = np.empty_like(vectors)
+    codes[reuse], residuals[reuse] = reference.rq_codes[rows], reference.residuals[rows]
+    model, codes[~reuse], residuals[~reuse], unseen = extend_rq(reference_model, vectors[~reuse], referlayer, reference.rq_codes[rows])
+    if unseen:
+        logger.warning("%d new keys fall under last-layer parents the reference never saw; they share local code 0 there until a full rebuild", unseen)
+    info = {"reused_keys": int(reuse.sum()), "encoded_keys": int((~reuse).sum()), "unseen_parent_points": unseen, "updated_layers": model.stats["updated_layers"]}
+    return model, codes, residuals, info
 
 
 # --- opq ------------------------------------------------------------------------------------------
@@ -480,7 +504,7 @@ def run_opq(config: OneSearchConfig, ds: str) -> Run:
         rq_codes = load_npy(run.path / "rq_codes.npy")
         residuals = load_npy(run.path / "residuals.npy")
         info: dict[str, Any] = {"m": config.opq.m, "bits": config.opq.bits}
-        if _frozen_reference(run):
+        if _copies_reference_codes(run):
             index = load_opq(run.reference_path / "model", expected_dim=residuals.shape[1])
             if pq_layout(index) != (config.opq.m, config.opq.bits):
                 raise OPQError(f"reference OPQ index has (m, bits) = {pq_layout(index)} but this run asks for ({config.opq.m}, {config.opq.bits}); run with mode=full")
@@ -539,7 +563,7 @@ def compute_metrics(run: Run) -> dict[str, Any]:
     embed_counts = run.manifest["steps"]["embed"]["counts"]
 
     rq_step = run.manifest["steps"]["rq"]
-    result: dict[str, Any] = {"ds": run.ds, "run_id": run.manifest["run_id"], "mode": rq_step["mode"], "referlayer": rq_step["referlayer"], "reference_version": run.manifest.get("reference_version"), "entities": {}}
+    result: dict[str, Any] = {"ds": run.ds, "run_id": run.manifest["run_id"], "mode": rq_step["mode"], "rq_update": rq_step.get("update"), "referlayer": rq_step["referlayer"], "reference_version": run.manifest.get("reference_version"), "entities": {}}
     all_sids: list[str] = []
     reference_keys = pd.read_parquet(run.reference_path / "keys.parquet") if run.reference_path else None
     for entity in ENTITIES:
@@ -589,8 +613,8 @@ def check_gates(run: Run, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     if metrics["mode"] == "incremental":
         for entity in ENTITIES:
             entry = metrics["entities"][entity]
-            # A smaller referlayer retrains later layers, so churn there is expected, not a fault.
-            if metrics.get("referlayer") == len(metrics["k"]):
+            # A refit retrains later layers on all keys, so churn there is expected, not a fault.
+            if metrics.get("rq_update", "frozen" if metrics.get("referlayer") == len(metrics["k"]) else "refit") in ("frozen", "online"):
                 checks.append((f"{entity}.churn", entry["churn"]["churn"], gates.max_churn, "max"))
             reference_keys = entry["removed_keys"] + entry["churn"]["unchanged_keys"] + entry["status"].get("changed", 0)
             removed_share = entry["removed_keys"] / reference_keys if reference_keys else 0.0

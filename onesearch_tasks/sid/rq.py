@@ -15,7 +15,8 @@ k_last gives each point its own centroid. Only parents that occur are stored, as
 far too large at 1024-1024-1024.
 
 Incremental mode: layers 1..referlayer reuse the reference model's codebooks (points are
-assigned to their nearest centroid); later layers are retrained on all points.
+assigned to their nearest centroid). Later layers are either retrained on all points
+(train_rq with a reference) or updated online with the new points only (extend_rq).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 MODEL_META_FILE = "rq_model.json"
 MODEL_FORMAT_VERSION = 1
 ASSIGN_BATCH_ROWS = 65_536
+# Mini-batch size of the online codebook update in incremental runs.
+ONLINE_BATCH_ROWS = 4_096
 
 
 class RQError(ValueError):
@@ -234,26 +237,36 @@ def _group_by_parent(parents: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def _train_balanced(residual: np.ndarray, parents: np.ndarray, k_last: int, settings: RQSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Train one k-means per parent. Returns (parent_ids, offsets, centroids, local codes)."""
+    """Train one k-means per parent. Returns (parent_ids, offsets, centroids, local codes).
+
+    Parents with at most k_last points, the vast majority at 1024-1024-1024, are handled
+    together with array operations: each point becomes its own centroid, in group order.
+    Only the larger parents run k-means, one call each.
+    """
+    rows = parents.shape[0]
     order, unique, bounds = _group_by_parent(parents)
-    local = np.empty(parents.shape[0], dtype=np.int64)
-    centroid_blocks: list[np.ndarray] = []
-    offsets = np.zeros(unique.shape[0] + 1, dtype=np.int64)
-    trained = 0
-    for group, parent in enumerate(unique):
+    sizes = np.diff(bounds)
+    small = sizes <= k_last
+    offsets = np.concatenate(([0], np.cumsum(np.where(small, sizes, k_last)))).astype(np.int64)
+    centroids = np.empty((int(offsets[-1]), residual.shape[1]), dtype=np.float32)
+    local = np.empty(rows, dtype=np.int64)
+
+    group_of_sorted = np.repeat(np.arange(unique.shape[0]), sizes)
+    rank = np.arange(rows, dtype=np.int64) - bounds[:-1][group_of_sorted]
+    in_small = small[group_of_sorted]
+    members = order[in_small]
+    local[members] = rank[in_small]
+    centroids[offsets[group_of_sorted[in_small]] + rank[in_small]] = residual[members]
+
+    large_groups = np.flatnonzero(~small)
+    for group in large_groups:
         members = order[bounds[group] : bounds[group + 1]]
         points = residual[members]
-        if members.shape[0] <= k_last:
-            centroids = points.copy()
-            local[members] = np.arange(members.shape[0])
-        else:
-            centroids = kmeans(points, k_last, settings, seed_offset=int(parent))
-            local[members] = nearest_centroid(points, centroids)
-            trained += 1
-        centroid_blocks.append(centroids)
-        offsets[group + 1] = offsets[group] + centroids.shape[0]
-    logger.info("balanced last layer: %d parents, %d trained with k-means, %d with one centroid per point", unique.shape[0], trained, unique.shape[0] - trained)
-    return unique.astype(np.int64), offsets, np.concatenate(centroid_blocks).astype(np.float32), local
+        block = kmeans(points, k_last, settings, seed_offset=int(unique[group]))
+        centroids[offsets[group] : offsets[group + 1]] = block
+        local[members] = nearest_centroid(points, block)
+    logger.info("balanced last layer: %d parents, %d trained with k-means, %d with one centroid per point", unique.shape[0], large_groups.shape[0], unique.shape[0] - large_groups.shape[0])
+    return unique.astype(np.int64), offsets, centroids, local
 
 
 def _assign_balanced(model: RQModel, residual: np.ndarray, parents: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -348,15 +361,84 @@ def train_rq(vectors: np.ndarray, settings: RQSettings, reference: RQModel | Non
     return model, codes, residual
 
 
+def _online_update(centroids: np.ndarray, counts: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """One pass of sequential (mini-batch) k-means starting from centroids (k, d).
+
+    counts (k,) weighs each starting centroid by the keys it already holds. Each batch of
+    ONLINE_BATCH_ROWS points is assigned, then every centroid it touched moves to the
+    weighted mean of its old position and its new points. Returns the new centroids; the
+    inputs are not modified.
+    """
+    updated = np.array(centroids, dtype=np.float32, copy=True)
+    weights = counts.astype(np.float64, copy=True)
+    for start in range(0, points.shape[0], ONLINE_BATCH_ROWS):
+        batch = points[start : start + ONLINE_BATCH_ROWS]
+        nearest = nearest_centroid(batch, updated)
+        hits = np.bincount(nearest, minlength=updated.shape[0])
+        sums = np.zeros(updated.shape, dtype=np.float64)
+        np.add.at(sums, nearest, batch)
+        touched = np.flatnonzero(hits)
+        total = weights[touched] + hits[touched]
+        updated[touched] = (updated[touched] * weights[touched, None] + sums[touched]) / total[:, None]
+        weights[touched] = total
+    return updated
+
+
+def extend_rq(reference: RQModel, vectors: np.ndarray, referlayer: int, reference_codes: np.ndarray | None = None) -> tuple[RQModel, np.ndarray, np.ndarray, int]:
+    """Encode new vectors (n, d) on top of a reference model.
+
+    Layers 1..referlayer keep the reference codebooks. Each later standard layer starts
+    from the reference codebook, weighted by how many reference keys each centroid holds
+    (counted in reference_codes, shape (m, depth), the codes of the keys that stay), and is
+    moved by one online pass over the new vectors (see _online_update). The new vectors are
+    then assigned to the updated codebook. The work grows with n, not with the catalog,
+    and the reference keys keep their codes. A balanced last layer is never updated here:
+    new vectors are assigned to its stored centroids.
+
+    With referlayer equal to the depth nothing is updated, which is plain encoding.
+    Returns (model, codes (n, depth) int64, residuals (n, d) float32, points under unseen parents).
+    """
+    if vectors.ndim != 2 or vectors.shape[1] != reference.dim:
+        raise RQError(f"vectors have shape {vectors.shape}, but the RQ model expects dimension {reference.dim}")
+    if not 0 <= referlayer <= reference.depth:
+        raise RQError(f"referlayer={referlayer} must be between 0 and the model depth {reference.depth}")
+    rows, depth = vectors.shape[0], reference.depth
+    standard_layers = depth if reference.balanced_type == 0 else depth - 1
+    codes = np.zeros((rows, depth), dtype=np.int64)
+    residual = np.array(vectors, dtype=np.float32, copy=True)
+    codebooks: list[np.ndarray] = []
+    updated_layers: list[int] = []
+    for layer in range(standard_layers):
+        centroids = reference.codebooks[layer]
+        if layer >= referlayer and rows:
+            counts = np.zeros(centroids.shape[0], dtype=np.int64) if reference_codes is None else np.bincount(reference_codes[:, layer], minlength=centroids.shape[0])
+            centroids = _online_update(centroids, counts, residual)
+            updated_layers.append(layer + 1)
+        if rows:
+            codes[:, layer] = nearest_centroid(residual, centroids)
+            residual = _subtract(residual, centroids, codes[:, layer], reference.normalize_residuals)
+        codebooks.append(centroids)
+
+    model = RQModel(reference.k, reference.dim, reference.balanced_type, reference.normalize_residuals, codebooks,
+                    reference.parent_ids, reference.parent_offsets, reference.parent_centroids)
+    unseen = 0
+    if reference.balanced_type and rows:
+        parents = model.parents_of(codes[:, : depth - 1])
+        local, centroid_rows, unseen = _assign_balanced(model, residual, parents)
+        seen = centroid_rows >= 0
+        residual[seen] -= model.parent_centroids[centroid_rows[seen]]
+        if reference.normalize_residuals:
+            l2_normalize(residual)
+        codes[:, depth - 1] = parents * reference.k[-1] + local
+    model.stats = {"updated_layers": updated_layers, "encoded_points": rows, "unseen_parent_points": unseen}
+    if updated_layers:
+        logger.info("RQ online update of layers %s with %d new points", updated_layers, rows)
+    return model, codes, residual, unseen
+
+
 def encode_rq(model: RQModel, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Assign vectors with a frozen model. Returns (codes (n, depth), residuals (n, d), unseen parents)."""
-    if vectors.ndim != 2 or vectors.shape[1] != model.dim:
-        raise RQError(f"vectors have shape {vectors.shape}, but the RQ model expects dimension {model.dim}")
-    settings = RQSettings(k=model.k, balanced_type=model.balanced_type, normalize_residuals=model.normalize_residuals)
-    if vectors.shape[0] == 0:
-        return np.zeros((0, model.depth), dtype=np.int64), np.zeros((0, model.dim), dtype=np.float32), 0
-    assigned, codes, residual = train_rq(vectors, settings, reference=model, referlayer=model.depth)
-    unseen = int(assigned.stats.get("unseen_parent_points", 0))
+    _, codes, residual, unseen = extend_rq(model, vectors, model.depth)
     return codes, residual, unseen
 
 
