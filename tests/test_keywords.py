@@ -11,6 +11,7 @@ import pytest
 
 from onesearch_tasks.config import KeywordConfig
 from onesearch_tasks.sid.embedders import HashingNgramEmbedder
+from onesearch_tasks.sid import keywords as keywords_module
 from onesearch_tasks.sid.keywords import (
     EMBEDDING_SEPARATOR,
     KeywordDictionary,
@@ -19,6 +20,7 @@ from onesearch_tasks.sid.keywords import (
     build_catalog_dictionary,
     format_dictionary_line,
     fuse_embeddings,
+    fuse_matches,
     read_dictionary_file,
 )
 
@@ -120,6 +122,49 @@ def test_matcher_match_many() -> None:
     assert matcher.match_many(["红色耳机", "耳机", "手机"]) == [[0, 1], [1], []]
 
 
+def naive_match(keywords: list[str], text: str) -> list[int]:
+    """Reference rule: every occurrence, minus those inside a longer occurrence, by position."""
+    lowered_text = text.lower()
+    first_index: dict[str, int] = {}
+    for index, keyword in enumerate(keywords):
+        first_index.setdefault(keyword.lower(), index)
+    spans = []
+    for lowered, index in first_index.items():
+        start = lowered_text.find(lowered)
+        while start >= 0:
+            spans.append((start, start + len(lowered), index))
+            start = lowered_text.find(lowered, start + 1)
+    kept = [span for span in spans if not any(o[0] <= span[0] and span[1] <= o[1] and o[1] - o[0] > span[1] - span[0] for o in spans)]
+    return [index for _, _, index in sorted(kept)]
+
+
+def test_matcher_agrees_with_naive_rule(monkeypatch) -> None:
+    # Small alphabet, so keywords overlap, nest and repeat often; small batches cross boundaries.
+    monkeypatch.setattr(keywords_module, "MATCH_BATCH_TEXTS", 7)
+    rng = np.random.default_rng(5)
+    alphabet = list("abcAB红色")
+    keywords = sorted({"".join(rng.choice(alphabet, rng.integers(1, 4))) for _ in range(25)})
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 12))) for _ in range(60)]
+    matcher = KeywordMatcher(keywords)
+
+    assert matcher.match_many(texts) == [naive_match(keywords, text) for text in texts]
+
+
+def test_matcher_arrays_sorted_by_row() -> None:
+    matcher = KeywordMatcher(["红色", "耳机"])
+
+    rows, indices = matcher.match_arrays(["耳机红色", "", "手机", "红色"])
+
+    assert rows.tolist() == [0, 0, 3]
+    assert indices.tolist() == [1, 0, 0]
+
+
+def test_matcher_skips_nul_keyword() -> None:
+    matcher = KeywordMatcher(["a\x00b", "b"])
+
+    assert matcher.match_many(["a", "b"]) == [[], [1]]
+
+
 # --- fuse_embeddings --------------------------------------------------------------------
 
 
@@ -204,6 +249,27 @@ def test_fuse_length_mismatch_raises() -> None:
 
     with pytest.raises(ValueError, match="1 match lists for 2 vectors"):
         fuse_embeddings(raw, [[0]], np.eye(3, dtype=np.float32), 0.5)
+
+
+def test_fuse_matches_batches_agree(monkeypatch) -> None:
+    rng = np.random.default_rng(2)
+    raw = rng.standard_normal((9, 4)).astype(np.float32)
+    keyword_vectors = rng.standard_normal((5, 4)).astype(np.float32)
+    rows = np.array([0, 0, 2, 3, 3, 3, 5, 8], dtype=np.int64)
+    indices = np.array([1, 4, 0, 2, 2, 3, 1, 0], dtype=np.int64)
+    whole = fuse_matches(raw, rows, indices, keyword_vectors, 0.5)
+
+    monkeypatch.setattr(keywords_module, "FUSE_BATCH_ROWS", 2)
+    batched = fuse_matches(raw, rows, indices, keyword_vectors, 0.5)
+
+    np.testing.assert_allclose(batched, whole, rtol=1e-6)
+
+
+def test_fuse_matches_unsorted_rows_raise() -> None:
+    raw = np.eye(2, dtype=np.float32)
+
+    with pytest.raises(ValueError, match="sorted"):
+        fuse_matches(raw, np.array([1, 0]), np.array([0, 0]), np.eye(2, dtype=np.float32), 0.5)
 
 
 # --- build_catalog_dictionary -------------------------------------------------------------
@@ -492,3 +558,18 @@ def test_frame_round_trip() -> None:
     assert restored.types == base.types
     np.testing.assert_array_equal(restored.pv, base.pv)
     np.testing.assert_array_equal(restored.vectors, base.vectors)
+
+
+def test_read_bad_value_keeps_other_vectors(tmp_path: Path, embedder: HashingNgramEmbedder) -> None:
+    # One unparsable value sends the block to the per-line parser; the good lines keep their vectors.
+    vectors = [unit([float(row + column + 1) for column in range(DIM)]) for row in range(3)]
+    lines = [f"词{row}\tentity\t1\t{emb_field(vector)}" for row, vector in enumerate(vectors)]
+    lines.insert(1, "坏词\tentity\t1\t" + EMBEDDING_SEPARATOR.join(["0.5"] * (DIM - 1) + ["x"]))
+    path = write_lines(tmp_path / "dict.tsv", lines)
+
+    dictionary, rejected = read_dictionary_file(path, embedder)
+
+    assert dictionary.keywords == ["词0", "词1", "词2"]
+    np.testing.assert_allclose(dictionary.vectors, np.stack(vectors), rtol=1e-6)
+    assert [line.line_number for line in rejected] == [2]
+    assert "not a float" in rejected[0].reason

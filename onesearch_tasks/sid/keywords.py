@@ -319,7 +319,12 @@ def read_dictionary_file(path: Path, embedder: Embedder) -> tuple[KeywordDiction
     missing_vector_rows: list[int] = []
     for line_number, keyword, type_name, count, embedding_text in parsed_lines:
         vector = given_vectors.get(line_number)
-        problem = vector if isinstance(vector, str) else (_vector_problem(vector) if vector is not None else None)
+        if isinstance(vector, str):
+            problem = vector
+        elif vector is not None:
+            problem = _vector_problem(vector)
+        else:
+            problem = None
         if problem is not None:
             rejected.append(RejectedLine(str(path), line_number, problem, lines[line_number - 1][:500]))
             continue
@@ -344,8 +349,8 @@ def read_dictionary_file(path: Path, embedder: Embedder) -> tuple[KeywordDiction
 class KeywordMatcher:
     """Case-insensitive Aho-Corasick matcher over a dictionary's keywords.
 
-    match_arrays scans many texts in one pass over their concatenation, so the per-match
-    work stays in C except for one tuple per match; containment is then resolved with numpy.
+    match_arrays scans many texts in one pass over their concatenation, so Python creates
+    only one tuple per match. Containment between matches is then resolved with numpy.
     """
 
     def __init__(self, keywords: Sequence[str]) -> None:

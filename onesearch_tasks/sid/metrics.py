@@ -55,9 +55,18 @@ def format_sids(rq_codes: np.ndarray, opq_codes: np.ndarray, opq_bits: int) -> l
 
 
 def _distinct_rows(codes: np.ndarray) -> int:
+    """Count distinct rows of non-negative integer codes (n, L)."""
     if codes.shape[0] == 0:
         return 0
-    return int(np.unique(codes, axis=0).shape[0])
+    radices = [int(value) + 1 for value in codes.max(axis=0)]
+    if math.prod(radices) >= 2**63:
+        return int(np.unique(codes, axis=0).shape[0])
+    # Mixed-radix packing turns each row into one int64, which sorts far faster than rows.
+    packed = np.zeros(codes.shape[0], dtype=np.int64)
+    for column, radix in enumerate(radices):
+        packed *= radix
+        packed += codes[:, column]
+    return int(np.unique(packed).shape[0])
 
 
 def coverage(rq_codes: np.ndarray, code_spaces: Sequence[int], k: Sequence[int]) -> dict:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,9 @@ class RQModel:
     parent_offsets: np.ndarray | None = None
     parent_centroids: np.ndarray | None = None
     stats: dict = field(default_factory=dict)
+    # Wall-clock seconds per layer of the training that built this model; not saved, so
+    # that reruns write byte-identical model files.
+    layer_seconds: list[float] = field(default_factory=list)
 
     @property
     def depth(self) -> int:
@@ -187,6 +191,8 @@ def kmeans(points: np.ndarray, k: int, settings: RQSettings, seed_offset: int = 
         niter=settings.niter,
         seed=settings.seed + seed_offset,
         max_points_per_centroid=settings.max_points_per_centroid,
+        # Small balanced parents are clustered on purpose; faiss would warn for each one.
+        min_points_per_centroid=1,
         verbose=False,
     )
     clustering.train(np.ascontiguousarray(points, dtype=np.float32))
@@ -239,7 +245,7 @@ def _group_by_parent(parents: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
 def _train_balanced(residual: np.ndarray, parents: np.ndarray, k_last: int, settings: RQSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Train one k-means per parent. Returns (parent_ids, offsets, centroids, local codes).
 
-    Parents with at most k_last points, the vast majority at 1024-1024-1024, are handled
+    Parents with at most k_last points (at 1024-1024-1024 usually nearly all) are handled
     together with array operations: each point becomes its own centroid, in group order.
     Only the larger parents run k-means, one call each.
     """
@@ -329,7 +335,9 @@ def train_rq(vectors: np.ndarray, settings: RQSettings, reference: RQModel | Non
     codes = np.empty((rows, depth), dtype=np.int64)
     standard_layers = depth if settings.balanced_type == 0 else depth - 1
     codebooks: list[np.ndarray] = []
+    layer_seconds: list[float] = []
     for layer in range(standard_layers):
+        started = time.perf_counter()
         if reference is not None and layer < referlayer:
             centroids = reference.codebooks[layer]
             source = "reference"
@@ -339,10 +347,13 @@ def train_rq(vectors: np.ndarray, settings: RQSettings, reference: RQModel | Non
         codes[:, layer] = nearest_centroid(residual, centroids)
         residual = _subtract(residual, centroids, codes[:, layer], settings.normalize_residuals)
         codebooks.append(centroids)
+        layer_seconds.append(time.perf_counter() - started)
         logger.info("RQ layer %d/%d (%s): k=%d, the %d keys assigned here use %d codes", layer + 1, depth, source, centroids.shape[0], rows, np.unique(codes[:, layer]).shape[0])
 
     model = RQModel(tuple(settings.k), dim, settings.balanced_type, settings.normalize_residuals, codebooks)
+    model.layer_seconds = layer_seconds
     if settings.balanced_type:
+        started = time.perf_counter()
         parents = model.parents_of(codes[:, : depth - 1])
         if reference is not None and referlayer >= depth:
             model.parent_ids, model.parent_offsets, model.parent_centroids = reference.parent_ids, reference.parent_offsets, reference.parent_centroids
@@ -357,12 +368,13 @@ def train_rq(vectors: np.ndarray, settings: RQSettings, reference: RQModel | Non
         if settings.normalize_residuals:
             l2_normalize(residual)
         codes[:, depth - 1] = parents * settings.k[-1] + local
+        layer_seconds.append(time.perf_counter() - started)
         logger.info("RQ layer %d/%d (balanced type %d): %d parents stored", depth, depth, settings.balanced_type, model.parent_ids.shape[0])
     return model, codes, residual
 
 
 def _online_update(centroids: np.ndarray, counts: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """One pass of sequential (mini-batch) k-means starting from centroids (k, d).
+    """Run one pass of sequential (mini-batch) k-means starting from centroids (k, d).
 
     counts (k,) weighs each starting centroid by the keys it already holds. Each batch of
     ONLINE_BATCH_ROWS points is assigned, then every centroid it touched moves to the
@@ -388,10 +400,10 @@ def extend_rq(reference: RQModel, vectors: np.ndarray, referlayer: int, referenc
     """Encode new vectors (n, d) on top of a reference model.
 
     Layers 1..referlayer keep the reference codebooks. Each later standard layer starts
-    from the reference codebook, weighted by how many reference keys each centroid holds
-    (counted in reference_codes, shape (m, depth), the codes of the keys that stay), and is
-    moved by one online pass over the new vectors (see _online_update). The new vectors are
-    then assigned to the updated codebook. The work grows with n, not with the catalog,
+    from the reference codebook and is moved by one online pass over the new vectors (see
+    _online_update). Each centroid's weight is the number of reference keys it holds, counted
+    in reference_codes (m, depth), the codes of the keys that stay. The new vectors are then
+    assigned to the updated codebook. The work grows with n, not with the catalog,
     and the reference keys keep their codes. A balanced last layer is never updated here:
     new vectors are assigned to its stored centroids.
 
