@@ -210,13 +210,14 @@ def _import_heavy_modules() -> None:
 
 
 def _enhance(folder: Path, texts: list[str], raw: np.ndarray, record: dict[str, float]) -> np.ndarray:
+    from onesearch_tasks.config import KeywordConfig
     from onesearch_tasks.sid.embedders import HashingNgramEmbedder
     from onesearch_tasks.sid.keywords import KeywordMatcher, fuse_matches, read_dictionary_file
 
     with timed(record, "keywords"):
         dictionary, rejected = read_dictionary_file(folder / "dictionary.tsv", HashingNgramEmbedder(raw.shape[1]))
         matcher = KeywordMatcher(dictionary.keywords)
-        rows, indices = matcher.match_arrays(texts)
+        rows, indices = matcher.match_arrays(texts, KeywordConfig().effective_match_processes)
         fused = fuse_matches(raw, rows, indices, dictionary.vectors, RAW_WEIGHT)
     if rejected:
         raise RuntimeError(f"the generated dictionary has {len(rejected)} rejected lines, first: {rejected[0]}")

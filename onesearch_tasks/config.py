@@ -126,6 +126,13 @@ class KeywordConfig(_Section):
     )
     # Weight of the raw vector in fused = normalize(w * raw + (1 - w) * mean(keyword vectors)).
     raw_weight: float = Field(0.5, ge=0.0, le=1.0)
+    # Forked processes for keyword matching on 50,000 texts or more: 0 means one per CPU
+    # core (at most 8), 1 matches in the task's own process.
+    match_processes: int = Field(0, ge=0)
+
+    @property
+    def effective_match_processes(self) -> int:
+        return self.match_processes or (os.cpu_count() or 1)
 
 
 class RQConfig(_Section):

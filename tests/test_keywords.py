@@ -150,6 +150,22 @@ def test_matcher_agrees_with_naive_rule(monkeypatch) -> None:
     assert matcher.match_many(texts) == [naive_match(keywords, text) for text in texts]
 
 
+def test_matcher_processes_agree(monkeypatch) -> None:
+    monkeypatch.setattr(keywords_module, "PARALLEL_MIN_TEXTS", 10)
+    rng = np.random.default_rng(9)
+    alphabet = list("ab红色蓝")
+    keywords = sorted({"".join(rng.choice(alphabet, rng.integers(1, 4))) for _ in range(20)})
+    texts = ["".join(rng.choice(alphabet, rng.integers(0, 10))) for _ in range(101)]
+    matcher = KeywordMatcher(keywords)
+
+    serial_rows, serial_indices = matcher.match_arrays(texts)
+    parallel_rows, parallel_indices = matcher.match_arrays(texts, processes=2)
+
+    np.testing.assert_array_equal(parallel_rows, serial_rows)
+    np.testing.assert_array_equal(parallel_indices, serial_indices)
+    assert serial_rows.size > 0
+
+
 def test_matcher_arrays_sorted_by_row() -> None:
     matcher = KeywordMatcher(["红色", "耳机"])
 

@@ -338,7 +338,7 @@ def _vectors_for(keys: pd.DataFrame, reference: VersionState | None, reuse: bool
             raw[given] /= np.linalg.norm(raw[given], axis=1, keepdims=True)
         if (~given).any():
             raw[~given] = embedder.embed(subset.loc[~given, "text"].tolist())
-        match_rows, match_indices = matcher.match_arrays(subset["text"].tolist())
+        match_rows, match_indices = matcher.match_arrays(subset["text"].tolist(), config.keywords.effective_match_processes)
         vectors[todo] = fuse_matches(raw, match_rows, match_indices, dictionary.vectors, config.keywords.raw_weight)
         names = np.asarray(dictionary.keywords, dtype=object)[match_indices]
         bounds = np.searchsorted(match_rows, np.arange(todo.size + 1))
