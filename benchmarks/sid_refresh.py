@@ -490,6 +490,8 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    # faiss logs at INFO which of its CPU builds it tried to load; that is not a result.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     args = parse_args(argv)
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
