@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from onesearch_tasks.checkpoints import checkpoint
 from onesearch_tasks.config import OneSearchConfig
 from onesearch_tasks.sid import metrics as sid_metrics
 from onesearch_tasks.sid.embedders import Embedder, build_embedder
@@ -63,6 +65,7 @@ from onesearch_tasks.storage import (
     load_npy,
     make_temp_dir,
     read_json,
+    remove_temp_entries,
     run_lock,
     save_npy_atomic,
     validate_ds,
@@ -160,6 +163,8 @@ def run_extract(config: OneSearchConfig, ds: str) -> Run:
     validate_ds(ds)
     layout = layout_for(config)
     with run_lock(layout, ds):
+        # Staging and swap folders of an earlier extract of ds that was killed.
+        remove_temp_entries(layout.runs, re.compile(rf"^\.{re.escape(ds)}\.(staging-|tmp-|old-)"), recursive=False)
         staging = make_temp_dir(layout.runs, f".{ds}.staging-")
         try:
             counts = extract_day(get_spark(config), config, warehouse_for(config, layout), ds, staging / "extract")
@@ -460,6 +465,7 @@ def run_rq(config: OneSearchConfig, ds: str) -> Run:
         save_npy_atomic(run.path / "residuals.npy", residuals)
         stats = {entity: cluster_statistics(codes[(state.keys["entity"] == entity).to_numpy()], model) for entity in ENTITIES}
         write_json_atomic(run.path / "cluster_stats.json", stats)
+        checkpoint("rq.saved")
         _finish_step(run, "rq", info)
     logger.info("rq ds=%s: %s", ds, info)
     return run
@@ -502,6 +508,7 @@ def run_opq(config: OneSearchConfig, ds: str) -> Run:
         for entity in ENTITIES:
             rows = table[table["entity"] == entity]
             write_parquet_atomic(run.path / f"sid_{entity}.parquet", rows[["key", "sid", "text", "matched_keywords", "status"]])
+        checkpoint("opq.saved")
         _finish_step(run, "opq", info)
     logger.info("opq ds=%s: %s", ds, info)
     return run
