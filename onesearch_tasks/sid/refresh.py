@@ -86,6 +86,20 @@ class QualityGateError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class GateOverride:
+    """A manual decision to publish a run although its quality gates fail: who and why."""
+
+    by: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not self.reason or not self.reason.strip():
+            raise ValueError("overriding the quality gates needs a non-empty reason; pass --reason TEXT (DAG: Param override_reason)")
+        if not self.by or not self.by.strip():
+            raise ValueError("overriding the quality gates needs the name of the person who decides it")
+
+
+@dataclass(frozen=True)
 class Run:
     """One data date's run folder and the configuration it was created with."""
 
@@ -609,20 +623,32 @@ def check_gates(run: Run, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return failures
 
 
-def run_evaluate(config: OneSearchConfig, ds: str) -> dict[str, Any]:
-    """Compute metrics.json and check the quality gates; raises QualityGateError on failure."""
+def run_evaluate(config: OneSearchConfig, ds: str, override: GateOverride | None = None) -> dict[str, Any]:
+    """Compute metrics.json and check the quality gates.
+
+    Raises QualityGateError when a gate fails, unless override is given. An override that
+    was used is stored with who, why and when in metrics.json and the manifest, and the
+    publish step then accepts the run.
+    """
     run = open_run(config, ds)
     require_step(run, "evaluate")
     with run_lock(run.layout, ds):
         metrics = compute_metrics(run)
         failures = check_gates(run, metrics)
         metrics["gates"] = {"passed": not failures, "failures": failures}
+        if failures and override is not None:
+            metrics["gates"]["override"] = {"by": override.by, "reason": override.reason, "at": _now()}
         write_json_atomic(run.path / "metrics.json", metrics)
         _finish_step(run, "evaluate", {"gates": metrics["gates"]})
     _log_metrics(metrics)
-    if failures:
-        described = "; ".join(f"{f['metric']}={f['value']:.4f} ({f['kind']} {f['threshold']})" for f in failures)
+    if not failures:
+        if override is not None:
+            logger.info("quality gates passed for ds=%s; the override by %s was not needed and is not recorded", ds, override.by)
+        return metrics
+    described = "; ".join(f"{f['metric']}={f['value']:.4f} ({f['kind']} {f['threshold']})" for f in failures)
+    if override is None:
         raise QualityGateError(f"quality gates failed for ds={ds}: {described}. Run folder: {run.path}. Nothing was published.")
+    logger.warning("quality gates failed for ds=%s: %s. Overridden by %s, reason: %s. The run may be published.", ds, described, override.by, override.reason)
     return metrics
 
 
@@ -647,11 +673,11 @@ def run_publish(config: OneSearchConfig, ds: str, run_id: str | None = None) -> 
         return publish_run(layout, ds, run_id)
 
 
-def run_refresh(config: OneSearchConfig, ds: str) -> PublishResult:
+def run_refresh(config: OneSearchConfig, ds: str, override: GateOverride | None = None) -> PublishResult:
     """Run every step for ds in order and publish; the CLI twin of the DAG."""
     run = run_extract(config, ds)
     run_embed(config, ds)
     run_rq(config, ds)
     run_opq(config, ds)
-    run_evaluate(config, ds)
+    run_evaluate(config, ds, override)
     return run_publish(config, ds, run.manifest["run_id"])
