@@ -157,6 +157,9 @@ def test_override_dag_param_publishes(gated, tmp_path):
     assert info["gate_override"]["reason"] == REASON
     assert "Overridden by dag_test, reason: " + REASON in log
     assert find_secrets(log) == []
+    # `airflow dags test` prints task logs to its output; scan any log files it also wrote.
+    for path in (tmp_path / "airflow").rglob("*.log"):
+        assert find_secrets(path.read_text(encoding="utf-8", errors="replace")) == [], path
 
     # An override without a reason fails before any work, without retries.
     result = subprocess.run(
