@@ -113,6 +113,26 @@ ReferlayerOption = Annotated[Optional[int], typer.Option("--referlayer", help="I
 NormalizeOption = Annotated[Optional[bool], typer.Option("--normalize/--no-normalize", help="L2-normalize residuals between layers.")]
 OpqMOption = Annotated[Optional[int], typer.Option("--opq-m", help="OPQ sub-quantizers (SID positions after the RQ layers).")]
 OpqBitsOption = Annotated[Optional[int], typer.Option("--opq-bits", help="Bits per OPQ code; 8 gives 256 codes.")]
+OverrideGatesOption = Annotated[bool, typer.Option("--override-gates", help="Publish even if quality gates fail; needs --reason. Who and why are recorded.")]
+ReasonOption = Annotated[Optional[str], typer.Option("--reason", help="Why the quality gates are overridden (required with --override-gates).")]
+
+
+def _gate_override(override_gates: bool, reason: Optional[str]):
+    """Build the GateOverride of --override-gates/--reason, with the OS user as its author."""
+    import getpass
+    import os
+
+    from onesearch_tasks.sid.refresh import GateOverride
+
+    if not override_gates:
+        if reason:
+            raise ValueError("--reason is only used with --override-gates; add --override-gates or drop --reason")
+        return None
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid, for example in some containers
+        user = f"uid {os.getuid()}"
+    return GateOverride(by=user, reason=reason or "")
 
 
 @sid_app.command("refresh")
@@ -126,12 +146,15 @@ def refresh_command(
     opq_m: OpqMOption = None,
     opq_bits: OpqBitsOption = None,
     set_options: SetOption = None,
+    override_gates: OverrideGatesOption = False,
+    reason: ReasonOption = None,
 ) -> None:
     """Run extract, embed, rq, opq, evaluate and publish for one data date."""
     from onesearch_tasks.sid.refresh import run_refresh
 
+    override = _gate_override(override_gates, reason)
     config = _run_config(mode, k, balanced_type, referlayer, normalize, opq_m, opq_bits, set_options)
-    result = run_refresh(config, ds)
+    result = run_refresh(config, ds, override)
     typer.echo(json.dumps({"version": result.version, "path": str(result.path), "previous": result.previous}))
 
 
@@ -181,11 +204,13 @@ def opq_command(ds: DsOption) -> None:
 
 
 @sid_app.command("evaluate")
-def evaluate_command(ds: DsOption) -> None:
-    """Step 5: metrics and quality gates; exits non-zero when a gate fails."""
+def evaluate_command(ds: DsOption, override_gates: OverrideGatesOption = False, reason: ReasonOption = None) -> None:
+    """Step 5: metrics and quality gates; exits non-zero when a gate fails, unless
+    --override-gates is given."""
     from onesearch_tasks.sid.refresh import run_evaluate
 
-    typer.echo(json.dumps(run_evaluate(_config(), ds), indent=2, ensure_ascii=False))
+    override = _gate_override(override_gates, reason)
+    typer.echo(json.dumps(run_evaluate(_config(), ds, override), indent=2, ensure_ascii=False))
 
 
 @sid_app.command("publish")

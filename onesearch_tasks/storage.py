@@ -9,6 +9,9 @@ Layout::
                                                  build-data adds training_data/)
       sid/CURRENT.json                           pointer to the current version, with history
       sid/locks/<ds>.lock                        one writer per data date
+      sid/locks/pointer.lock                     one writer of CURRENT.json at a time
+      sid/publishing/<ds>.json                   publish journal: run id and version name,
+                                                 present only while a publish is unfinished
 
 A run folder is built step by step and renamed into ``versions/`` on publish. The pointer
 is replaced with ``os.replace``, so readers see either the old or the new version.
@@ -94,6 +97,13 @@ class StateLayout:
     def lock_path(self, ds: str) -> Path:
         return self.sid_root / "locks" / f"{validate_ds(ds)}.lock"
 
+    @property
+    def pointer_lock_path(self) -> Path:
+        return self.sid_root / "locks" / "pointer.lock"
+
+    def publish_journal(self, ds: str) -> Path:
+        return self.sid_root / "publishing" / f"{validate_ds(ds)}.json"
+
 
 # --- atomic writes -------------------------------------------------------------------
 
@@ -124,6 +134,36 @@ def atomic_path(target: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+# Names that atomic_path and the extract step give their temporary entries. A process
+# killed mid-write leaves them behind.
+TEMP_ENTRY_PATTERN = re.compile(r"^\..+\.(tmp-\d+-[0-9a-f]{8}|old-[0-9a-f]{8})$")
+
+
+def remove_temp_entries(folder: Path, pattern: re.Pattern[str] = TEMP_ENTRY_PATTERN, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files and folders that killed writers left in folder.
+
+    Call this only while holding the lock that every writer of those entries takes,
+    because a live writer's temporary entry looks the same. Returns the removed paths.
+    """
+    removed: list[Path] = []
+    if not folder.is_dir():
+        return removed
+    candidates = folder.rglob(".*") if recursive else folder.glob(".*")
+    for path in sorted(candidates):
+        if not pattern.match(path.name):
+            continue
+        if not path.exists():
+            continue  # inside a temporary folder removed earlier in this loop
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path)
+    if removed:
+        logger.warning("removed %d temporary entries left by a killed process under %s: %s", len(removed), folder, [p.name for p in removed])
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -221,6 +261,19 @@ def run_lock(layout: StateLayout, ds: str) -> Iterator[None]:
         yield
     finally:
         handle.close()
+
+
+@contextlib.contextmanager
+def pointer_lock(layout: StateLayout) -> Iterator[None]:
+    """Hold the lock of CURRENT.json, waiting until it is free.
+
+    Runs of different data dates share the pointer, so every read-modify-write of it
+    happens under this lock."""
+    path = layout.pointer_lock_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 # --- published versions ---------------------------------------------------------------------

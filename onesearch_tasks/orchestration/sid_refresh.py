@@ -14,7 +14,10 @@ API have no logical date and use the date of `dag_run.run_after`.
 **Tasks**: extract → embed (with keyword enhancement) → rq → opq → evaluate → publish.
 They share files in the run folder `$ONESEARCH_HOME/sid/runs/<ds>/`; XCom carries only the
 date and run id. `evaluate` fails the run when a quality gate fails, and then nothing is
-published. `publish` emits the Asset `onesearch_sid_version`, which starts the training-data
+published, unless the run was triggered with `override_gates=true` and a non-empty
+`override_reason`. Then the run is published anyway, and the triggering user and the
+reason are logged as a WARNING and stored in the version's `metrics.json`,
+`manifest.json` and `version.json`. `publish` emits the Asset `onesearch_sid_version`, which starts the training-data
 DAG.
 
 Each task calls the same function as `onesearch sid <step> --ds DATE`, so any step can be
@@ -53,6 +56,8 @@ PARAMS: dict[str, Param] = {
     "items_partition_mode": Param(None, type=["null", "string"], enum=[None, "snapshot", "delta"], description="snapshot: the day holds the whole catalog; delta: only new and changed items."),
     "queries_partition_mode": Param(None, type=["null", "string"], enum=[None, "snapshot", "delta"], description="Same as items_partition_mode, for queries."),
     "source_dir": Param(None, type=["null", "string"], description="Optional folder of KuaiSearch-schema JSONL files, loaded into the day's warehouse partition before the extract."),
+    "override_gates": Param(False, type="boolean", description="Publish even if quality gates fail. Needs override_reason; the triggering user and the reason are recorded."),
+    "override_reason": Param(None, type=["null", "string"], description="Why the quality gates are overridden (required when override_gates is true)."),
 }
 OVERRIDE_PARAMS = ("mode", "k", "balanced_type", "referlayer", "normalize_residuals", "opq_m", "opq_bits", "items_partition_mode", "queries_partition_mode")
 
@@ -68,6 +73,23 @@ def data_date(context: Any) -> str:
     if logical is not None:
         return logical.date().isoformat()
     return context["dag_run"].run_after.date().isoformat()
+
+
+def gate_override(context: Any):
+    """Return the GateOverride requested by the override Params, or None."""
+    from onesearch_tasks.sid.refresh import GateOverride
+
+    params = context["params"]
+    reason = params.get("override_reason")
+    if not params.get("override_gates"):
+        if reason:
+            raise ValueError("Param override_reason is set but override_gates is false; set override_gates to true or clear the reason")
+        return None
+    dag_run = context["dag_run"]
+    # Scheduled runs have no triggering user. Airflow 3.3 sets it for runs triggered from
+    # the UI or REST API, by `airflow dags trigger`, and to "dag_test" in `airflow dags test`.
+    user = getattr(dag_run, "triggering_user_name", None) or f"unknown user (run {dag_run.run_id})"
+    return GateOverride(by=user, reason=reason or "")
 
 
 def run_config(context: Any):
@@ -87,6 +109,7 @@ def build_dag() -> DAG:
             context = get_current_context()
             config = run_config(context)
             ds = data_date(context)
+            gate_override(context)  # reject an incomplete override before any work
             source_dir = context["params"].get("source_dir")
             if source_dir:
                 from pathlib import Path
@@ -129,10 +152,12 @@ def build_dag() -> DAG:
         @task
         @fail_fast
         def evaluate(run: dict[str, str]) -> dict[str, str]:
-            """Metrics and quality gates; a failed gate fails the task and blocks publishing."""
+            """Metrics and quality gates; a failed gate fails the task and blocks publishing
+            unless the override Params are set."""
             from onesearch_tasks.sid.refresh import run_evaluate
 
-            run_evaluate(run_config(get_current_context()), run["ds"])
+            context = get_current_context()
+            run_evaluate(run_config(context), run["ds"], gate_override(context))
             return run
 
         @task(outlets=[SID_VERSION_ASSET])

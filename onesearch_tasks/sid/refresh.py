@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from onesearch_tasks.checkpoints import checkpoint
 from onesearch_tasks.config import OneSearchConfig
 from onesearch_tasks.sid import metrics as sid_metrics
 from onesearch_tasks.sid.embedders import Embedder, build_embedder
@@ -63,6 +65,7 @@ from onesearch_tasks.storage import (
     load_npy,
     make_temp_dir,
     read_json,
+    remove_temp_entries,
     run_lock,
     save_npy_atomic,
     validate_ds,
@@ -80,6 +83,20 @@ KEY_COLUMNS = ["entity", "key", "text", "content_hash", "status", "matched_keywo
 
 class QualityGateError(RuntimeError):
     """The run's metrics fail a configured quality gate; it is not published."""
+
+
+@dataclass(frozen=True)
+class GateOverride:
+    """A manual decision to publish a run although its quality gates fail: who and why."""
+
+    by: str
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not self.reason or not self.reason.strip():
+            raise ValueError("overriding the quality gates needs a non-empty reason; pass --reason TEXT (DAG: Param override_reason)")
+        if not self.by or not self.by.strip():
+            raise ValueError("overriding the quality gates needs the name of the person who decides it")
 
 
 @dataclass(frozen=True)
@@ -160,6 +177,8 @@ def run_extract(config: OneSearchConfig, ds: str) -> Run:
     validate_ds(ds)
     layout = layout_for(config)
     with run_lock(layout, ds):
+        # Staging and swap folders of an earlier extract of ds that was killed.
+        remove_temp_entries(layout.runs, re.compile(rf"^\.{re.escape(ds)}\.(staging-|tmp-|old-)"), recursive=False)
         staging = make_temp_dir(layout.runs, f".{ds}.staging-")
         try:
             counts = extract_day(get_spark(config), config, warehouse_for(config, layout), ds, staging / "extract")
@@ -469,6 +488,7 @@ def run_rq(config: OneSearchConfig, ds: str) -> Run:
         save_npy_atomic(run.path / "residuals.npy", residuals)
         stats = {entity: cluster_statistics(codes[(state.keys["entity"] == entity).to_numpy()], model) for entity in ENTITIES}
         write_json_atomic(run.path / "cluster_stats.json", stats)
+        checkpoint("rq.saved")
         _finish_step(run, "rq", info)
     logger.info("rq ds=%s: %s", ds, info)
     return run
@@ -526,6 +546,7 @@ def run_opq(config: OneSearchConfig, ds: str) -> Run:
         for entity in ENTITIES:
             rows = table[table["entity"] == entity]
             write_parquet_atomic(run.path / f"sid_{entity}.parquet", rows[["key", "sid", "text", "matched_keywords", "status"]])
+        checkpoint("opq.saved")
         _finish_step(run, "opq", info)
     logger.info("opq ds=%s: %s", ds, info)
     return run
@@ -626,20 +647,32 @@ def check_gates(run: Run, metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return failures
 
 
-def run_evaluate(config: OneSearchConfig, ds: str) -> dict[str, Any]:
-    """Compute metrics.json and check the quality gates; raises QualityGateError on failure."""
+def run_evaluate(config: OneSearchConfig, ds: str, override: GateOverride | None = None) -> dict[str, Any]:
+    """Compute metrics.json and check the quality gates.
+
+    Raises QualityGateError when a gate fails, unless override is given. An override that
+    was used is stored with who, why and when in metrics.json and the manifest, and the
+    publish step then accepts the run.
+    """
     run = open_run(config, ds)
     require_step(run, "evaluate")
     with run_lock(run.layout, ds):
         metrics = compute_metrics(run)
         failures = check_gates(run, metrics)
         metrics["gates"] = {"passed": not failures, "failures": failures}
+        if failures and override is not None:
+            metrics["gates"]["override"] = {"by": override.by, "reason": override.reason, "at": _now()}
         write_json_atomic(run.path / "metrics.json", metrics)
         _finish_step(run, "evaluate", {"gates": metrics["gates"]})
     _log_metrics(metrics)
-    if failures:
-        described = "; ".join(f"{f['metric']}={f['value']:.4f} ({f['kind']} {f['threshold']})" for f in failures)
+    if not failures:
+        if override is not None:
+            logger.info("quality gates passed for ds=%s; the override by %s was not needed and is not recorded", ds, override.by)
+        return metrics
+    described = "; ".join(f"{f['metric']}={f['value']:.4f} ({f['kind']} {f['threshold']})" for f in failures)
+    if override is None:
         raise QualityGateError(f"quality gates failed for ds={ds}: {described}. Run folder: {run.path}. Nothing was published.")
+    logger.warning("quality gates failed for ds=%s: %s. Overridden by %s, reason: %s. The run may be published.", ds, described, override.by, override.reason)
     return metrics
 
 
@@ -664,11 +697,11 @@ def run_publish(config: OneSearchConfig, ds: str, run_id: str | None = None) -> 
         return publish_run(layout, ds, run_id)
 
 
-def run_refresh(config: OneSearchConfig, ds: str) -> PublishResult:
+def run_refresh(config: OneSearchConfig, ds: str, override: GateOverride | None = None) -> PublishResult:
     """Run every step for ds in order and publish; the CLI twin of the DAG."""
     run = run_extract(config, ds)
     run_embed(config, ds)
     run_rq(config, ds)
     run_opq(config, ds)
-    run_evaluate(config, ds)
+    run_evaluate(config, ds, override)
     return run_publish(config, ds, run.manifest["run_id"])
