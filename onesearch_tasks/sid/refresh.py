@@ -210,6 +210,12 @@ def _input_rows(run: Run) -> dict[str, pd.DataFrame]:
     return {"items": item_rows, "queries": query_rows}
 
 
+DAMAGED_FOLDER_FIX = (
+    "Rerun the step that writes the file for a run folder; for a published version, make an "
+    "intact version current with `onesearch sid rollback` and rerun the refresh"
+)
+
+
 @dataclass
 class VersionState:
     """Key table and arrays of a run folder or published version, aligned by row."""
@@ -222,15 +228,44 @@ class VersionState:
 
     @classmethod
     def load(cls, folder: Path, with_codes: bool = True) -> "VersionState":
-        keys = pd.read_parquet(folder / "keys.parquet")
-        state = cls(keys=keys, embeddings=load_npy(folder / "embeddings.npy"))
-        if with_codes:
-            state.rq_codes = load_npy(folder / "rq_codes.npy")
-            state.residuals = load_npy(folder / "residuals.npy")
-            state.opq_codes = load_npy(folder / "opq_codes.npy")
+        """Read the key table and arrays; raise StorageError naming a missing or unreadable file."""
+        import pyarrow as pa
+
+        try:
+            keys_path = folder / "keys.parquet"
+            if not keys_path.is_file():
+                raise StorageError(f"missing file {keys_path}")
+            try:
+                keys = pd.read_parquet(keys_path)
+            except (OSError, pa.ArrowException) as error:
+                raise StorageError(f"{keys_path} cannot be read ({error}); the file is truncated or corrupt") from error
+            state = cls(keys=keys, embeddings=load_npy(folder / "embeddings.npy"))
+            if with_codes:
+                state.rq_codes = load_npy(folder / "rq_codes.npy")
+                state.residuals = load_npy(folder / "residuals.npy")
+                state.opq_codes = load_npy(folder / "opq_codes.npy")
+        except StorageError as error:
+            raise StorageError(f"{error}. {DAMAGED_FOLDER_FIX}") from error
         if state.embeddings.shape[0] != len(keys):
-            raise StorageError(f"{folder}: embeddings.npy has {state.embeddings.shape[0]} rows but keys.parquet {len(keys)}; the folder is corrupt")
+            raise StorageError(f"{folder}: embeddings.npy has {state.embeddings.shape[0]} rows but keys.parquet {len(keys)}; the folder is corrupt. {DAMAGED_FOLDER_FIX}")
         return state
+
+
+def _load_reference(run: Run, dim: int) -> VersionState | None:
+    """Load the reference version's keys and vectors; raise StorageError when they do not fit dim."""
+    if run.reference_path is None:
+        return None
+    version = run.manifest["reference_version"]
+    reference = VersionState.load(run.reference_path, with_codes=False)
+    reference_dim = reference.embeddings.shape[1] if reference.embeddings.ndim == 2 else None
+    if reference_dim != dim:
+        # Keys missing from a delta partition or quarantined today keep the reference's
+        # vectors, in full mode too, and those cannot be mixed with vectors of another size.
+        raise StorageError(
+            f"reference version {version} stores embeddings of shape {reference.embeddings.shape}, but embedding.dim "
+            f"is {dim}; set embedding.dim back to {reference_dim}, or build SIDs for the new size under another home folder"
+        )
+    return reference
 
 
 def _build_dictionary(run: Run, embedder: Embedder) -> tuple[KeywordDictionary, pd.DataFrame]:
@@ -264,7 +299,7 @@ def run_embed(config: OneSearchConfig, ds: str) -> Run:
     config = run.config
     embedder = build_embedder(config.embedding)
     with run_lock(run.layout, ds):
-        reference = VersionState.load(run.reference_path, with_codes=False) if run.reference_path else None
+        reference = _load_reference(run, embedder.dim)
         reuse_vectors = run.incremental
 
         dictionary, rejected = _build_dictionary(run, embedder) if config.keywords.enabled else (KeywordDictionary.empty(embedder.dim), pd.DataFrame())
