@@ -9,7 +9,7 @@ Files of a run folder (and so of a published version):
 
 =========================  ===============================================================
 extract/<name>.parquet     Spark SQL results (queries, items, interactions, ...)
-quarantine.parquet         rejected input rows: entity, key, reason, detail
+quarantine.parquet         rejected input rows: entity, key, reason, detail, source_row
 keys.parquet               one row per key: entity, key, text, content_hash, status,
                            matched_keywords; row i matches row i of every .npy below
 embeddings.npy             (n, d) float32 keyword-enhanced vectors
@@ -36,7 +36,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -54,7 +54,7 @@ from onesearch_tasks.sid.keywords import (
 from onesearch_tasks.sid.opq import encode_opq, load_opq, save_opq, train_opq
 from onesearch_tasks.sid.publish import MANIFEST_FILE, PublishResult, publish_run
 from onesearch_tasks.sid.rq import RQModel, RQSettings, cluster_statistics, encode_rq, train_rq
-from onesearch_tasks.sid.validation import QUARANTINE_COLUMNS, validate_rows
+from onesearch_tasks.sid.validation import QUARANTINE_COLUMNS, TEXT_WITHOUT_EMBEDDING, quarantine_rows, validate_rows
 from onesearch_tasks.storage import (
     StateLayout,
     StorageError,
@@ -69,6 +69,9 @@ from onesearch_tasks.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -194,20 +197,48 @@ def run_extract(config: OneSearchConfig, ds: str) -> Run:
 def _read_extract(run: Run, name: str) -> pd.DataFrame:
     import pyarrow.dataset as pads
 
-    return pads.dataset(run.path / "extract" / f"{name}.parquet", format="parquet").to_table().to_pandas()
+    path = run.path / "extract" / f"{name}.parquet"
+    return _replace_invalid_utf8(pads.dataset(path, format="parquet").to_table(), path).to_pandas()
+
+
+def _replace_invalid_utf8(table: pa.Table, path: Path) -> pa.Table:
+    """Replace bytes that are not UTF-8 in string columns with U+FFFD.
+
+    Spark copies the bytes of a parquet or catalog string column as they are, and pandas
+    string operations fail on invalid UTF-8 without naming the row. After the replacement
+    validation quarantines the key or text that contains U+FFFD.
+    """
+    import pyarrow as pa
+
+    for position, field in enumerate(table.schema):
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            continue
+        column = table.column(position)
+        try:
+            column.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        raw = column.cast(pa.binary() if pa.types.is_string(field.type) else pa.large_binary()).to_pylist()
+        decoded = [None if value is None else value.decode("utf-8", errors="replace") for value in raw]
+        replaced = sum(1 for before, after in zip(raw, decoded) if before is not None and after.encode("utf-8") != before)
+        logger.warning("%s: column %s has %d values that are not UTF-8; their invalid bytes became U+FFFD", path, field.name, replaced)
+        table = table.set_column(position, field, pa.array(decoded, type=field.type))
+    return table
 
 
 def _input_rows(run: Run) -> dict[str, pd.DataFrame]:
-    """Today's rows per entity with columns key, text, embedding (+ item fields)."""
-    items = _read_extract(run, "items")
-    item_rows = pd.DataFrame({
-        "key": items["item_id"],
-        "text": items["item_title"],
-        "embedding": items["embedding"] if "embedding" in items else None,
-    })
-    queries = _read_extract(run, "queries")
-    query_rows = pd.DataFrame({"key": queries["query"], "text": queries["query"], "embedding": None})
-    return {"items": item_rows, "queries": query_rows}
+    """Today's rows per entity: columns key, text, embedding, then the extract's other columns.
+
+    The other columns travel along so that a quarantined row keeps its whole source row.
+    """
+    items = _read_extract(run, "items").rename(columns={"item_id": "key", "item_title": "text"})
+    if "embedding" not in items:
+        items["embedding"] = None
+    queries = _read_extract(run, "queries").rename(columns={"query": "key"})
+    queries.insert(1, "text", queries["key"])
+    queries["embedding"] = None
+    return {"items": items, "queries": queries}
 
 
 DAMAGED_FOLDER_FIX = (
@@ -383,7 +414,9 @@ def _vectors_for(keys: pd.DataFrame, reference: VersionState | None, reuse: bool
     if empty.any():
         dropped = keys[empty]
         for entity, group in dropped.groupby("entity"):
-            quarantines.append(pd.DataFrame({"entity": entity, "key": group["key"].to_numpy(), "reason": "text_has_no_embedding", "detail": "the text produced an all-zero vector"}, columns=QUARANTINE_COLUMNS))
+            # The source row here has the cleaned text and the extract's other columns.
+            source = group.drop(columns=["entity", "content_hash", "status", "matched_keywords"])
+            quarantines.append(quarantine_rows(entity, source, TEXT_WITHOUT_EMBEDDING, "the text produced an all-zero vector"))
         logger.warning("%d keys produced all-zero vectors and were quarantined", int(empty.sum()))
         keys, vectors = keys[~empty].reset_index(drop=True), vectors[~empty]
     return keys.drop(columns=["embedding"]), vectors
