@@ -232,7 +232,10 @@ def load_npy(path: Path) -> Any:
 
     if not path.exists():
         raise StorageError(f"missing array file {path}")
-    return np.load(path, allow_pickle=False)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise StorageError(f"array file {path} cannot be read ({error}); the file is truncated or corrupt") from error
 
 
 # --- locking ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ Files of a run folder (and so of a published version):
 
 =========================  ===============================================================
 extract/<name>.parquet     Spark SQL results (queries, items, interactions, ...)
-quarantine.parquet         rejected input rows: entity, key, reason, detail
+quarantine.parquet         rejected input rows: entity, key, reason, detail, source_row
 keys.parquet               one row per key: entity, key, text, content_hash, status,
                            matched_keywords; row i matches row i of every .npy below
 embeddings.npy             (n, d) float32 keyword-enhanced vectors
@@ -37,7 +37,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -56,7 +56,7 @@ from onesearch_tasks.sid.keywords import (
 from onesearch_tasks.sid.opq import encode_opq, load_opq, save_opq, train_opq
 from onesearch_tasks.sid.publish import MANIFEST_FILE, PublishResult, publish_run
 from onesearch_tasks.sid.rq import RQModel, RQSettings, check_reference, cluster_statistics, extend_rq, train_rq
-from onesearch_tasks.sid.validation import QUARANTINE_COLUMNS, validate_rows
+from onesearch_tasks.sid.validation import QUARANTINE_COLUMNS, TEXT_WITHOUT_EMBEDDING, quarantine_rows, validate_rows
 from onesearch_tasks.storage import (
     StateLayout,
     StorageError,
@@ -72,6 +72,9 @@ from onesearch_tasks.storage import (
     write_json_atomic,
     write_parquet_atomic,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
@@ -213,20 +216,54 @@ def run_extract(config: OneSearchConfig, ds: str) -> Run:
 def _read_extract(run: Run, name: str) -> pd.DataFrame:
     import pyarrow.dataset as pads
 
-    return pads.dataset(run.path / "extract" / f"{name}.parquet", format="parquet").to_table().to_pandas()
+    path = run.path / "extract" / f"{name}.parquet"
+    return _replace_invalid_utf8(pads.dataset(path, format="parquet").to_table(), path).to_pandas()
+
+
+def _replace_invalid_utf8(table: pa.Table, path: Path) -> pa.Table:
+    """Replace bytes that are not UTF-8 in string columns with U+FFFD.
+
+    Spark copies the bytes of a parquet or catalog string column as they are, and pandas
+    string operations fail on invalid UTF-8 without naming the row. After the replacement
+    validation quarantines the key or text that contains U+FFFD.
+    """
+    import pyarrow as pa
+
+    for position, field in enumerate(table.schema):
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            continue
+        column = table.column(position)
+        try:
+            column.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        raw = column.cast(pa.binary() if pa.types.is_string(field.type) else pa.large_binary()).to_pylist()
+        decoded = [None if value is None else value.decode("utf-8", errors="replace") for value in raw]
+        replaced = sum(1 for before, after in zip(raw, decoded) if before is not None and after.encode("utf-8") != before)
+        logger.warning("%s: column %s has %d values that are not UTF-8; their invalid bytes became U+FFFD", path, field.name, replaced)
+        table = table.set_column(position, field, pa.array(decoded, type=field.type))
+    return table
 
 
 def _input_rows(run: Run) -> dict[str, pd.DataFrame]:
-    """Today's rows per entity with columns key, text, embedding (+ item fields)."""
-    items = _read_extract(run, "items")
-    item_rows = pd.DataFrame({
-        "key": items["item_id"],
-        "text": items["item_title"],
-        "embedding": items["embedding"] if "embedding" in items else None,
-    })
-    queries = _read_extract(run, "queries")
-    query_rows = pd.DataFrame({"key": queries["query"], "text": queries["query"], "embedding": None})
-    return {"items": item_rows, "queries": query_rows}
+    """Today's rows per entity: columns key, text, embedding, then the extract's other columns.
+
+    The other columns travel along so that a quarantined row keeps its whole source row.
+    """
+    items = _read_extract(run, "items").rename(columns={"item_id": "key", "item_title": "text"})
+    if "embedding" not in items:
+        items["embedding"] = None
+    queries = _read_extract(run, "queries").rename(columns={"query": "key"})
+    queries.insert(1, "text", queries["key"])
+    queries["embedding"] = None
+    return {"items": items, "queries": queries}
+
+
+DAMAGED_FOLDER_FIX = (
+    "Rerun the step that writes the file for a run folder; for a published version, make an "
+    "intact version current with `onesearch sid rollback` and rerun the refresh"
+)
 
 
 @dataclass
@@ -241,15 +278,44 @@ class VersionState:
 
     @classmethod
     def load(cls, folder: Path, with_codes: bool = True) -> "VersionState":
-        keys = pd.read_parquet(folder / "keys.parquet")
-        state = cls(keys=keys, embeddings=load_npy(folder / "embeddings.npy"))
-        if with_codes:
-            state.rq_codes = load_npy(folder / "rq_codes.npy")
-            state.residuals = load_npy(folder / "residuals.npy")
-            state.opq_codes = load_npy(folder / "opq_codes.npy")
+        """Read the key table and arrays; raise StorageError naming a missing or unreadable file."""
+        import pyarrow as pa
+
+        try:
+            keys_path = folder / "keys.parquet"
+            if not keys_path.is_file():
+                raise StorageError(f"missing file {keys_path}")
+            try:
+                keys = pd.read_parquet(keys_path)
+            except (OSError, pa.ArrowException) as error:
+                raise StorageError(f"{keys_path} cannot be read ({error}); the file is truncated or corrupt") from error
+            state = cls(keys=keys, embeddings=load_npy(folder / "embeddings.npy"))
+            if with_codes:
+                state.rq_codes = load_npy(folder / "rq_codes.npy")
+                state.residuals = load_npy(folder / "residuals.npy")
+                state.opq_codes = load_npy(folder / "opq_codes.npy")
+        except StorageError as error:
+            raise StorageError(f"{error}. {DAMAGED_FOLDER_FIX}") from error
         if state.embeddings.shape[0] != len(keys):
-            raise StorageError(f"{folder}: embeddings.npy has {state.embeddings.shape[0]} rows but keys.parquet {len(keys)}; the folder is corrupt")
+            raise StorageError(f"{folder}: embeddings.npy has {state.embeddings.shape[0]} rows but keys.parquet {len(keys)}; the folder is corrupt. {DAMAGED_FOLDER_FIX}")
         return state
+
+
+def _load_reference(run: Run, dim: int) -> VersionState | None:
+    """Load the reference version's keys and vectors; raise StorageError when they do not fit dim."""
+    if run.reference_path is None:
+        return None
+    version = run.manifest["reference_version"]
+    reference = VersionState.load(run.reference_path, with_codes=False)
+    reference_dim = reference.embeddings.shape[1] if reference.embeddings.ndim == 2 else None
+    if reference_dim != dim:
+        # Keys missing from a delta partition or quarantined today keep the reference's
+        # vectors, in full mode too, and those cannot be mixed with vectors of another size.
+        raise StorageError(
+            f"reference version {version} stores embeddings of shape {reference.embeddings.shape}, but embedding.dim "
+            f"is {dim}; set embedding.dim back to {reference_dim}, or build SIDs for the new size under another home folder"
+        )
+    return reference
 
 
 def _build_dictionary(run: Run, embedder: Embedder) -> tuple[KeywordDictionary, pd.DataFrame]:
@@ -283,7 +349,7 @@ def run_embed(config: OneSearchConfig, ds: str) -> Run:
     config = run.config
     embedder = build_embedder(config.embedding)
     with run_lock(run.layout, ds):
-        reference = VersionState.load(run.reference_path, with_codes=False) if run.reference_path else None
+        reference = _load_reference(run, embedder.dim)
         reuse_vectors = run.incremental
 
         dictionary, rejected = _build_dictionary(run, embedder) if config.keywords.enabled else (KeywordDictionary.empty(embedder.dim), pd.DataFrame())
@@ -370,7 +436,9 @@ def _vectors_for(keys: pd.DataFrame, reference: VersionState | None, reuse: bool
     if empty.any():
         dropped = keys[empty]
         for entity, group in dropped.groupby("entity"):
-            quarantines.append(pd.DataFrame({"entity": entity, "key": group["key"].to_numpy(), "reason": "text_has_no_embedding", "detail": "the text produced an all-zero vector"}, columns=QUARANTINE_COLUMNS))
+            # The source row here has the cleaned text and the extract's other columns.
+            source = group.drop(columns=["entity", "content_hash", "status", "matched_keywords"])
+            quarantines.append(quarantine_rows(entity, source, TEXT_WITHOUT_EMBEDDING, "the text produced an all-zero vector"))
         logger.warning("%d keys produced all-zero vectors and were quarantined", int(empty.sum()))
         keys, vectors = keys[~empty].reset_index(drop=True), vectors[~empty]
     return keys.drop(columns=["embedding"]), vectors

@@ -28,8 +28,10 @@ EXTRACT_QUERIES: dict[str, str] = {
     "user_profiles": "user_profiles",
     "relevance_labels": "relevance_labels",
 }
-# Tables whose day partition must exist; a day without them cannot produce SIDs.
-REQUIRED_PARTITIONS = ("items", "search_sessions")
+# Tables whose day partition must exist. Every source table is on the list: without one,
+# the day would silently lose that table's queries, interactions or profiles, and building
+# training data for the version would fail later on the same missing partition.
+REQUIRED_PARTITIONS = ("items", "search_sessions", "rank_events", "users", "relevance_labels")
 # Columns the items view always exposes, added as NULL when the physical table lacks them.
 OPTIONAL_ITEM_COLUMNS: dict[str, str] = {
     "attr_value": "STRING",

@@ -38,6 +38,7 @@ CORRUPT_COLUMN = "_corrupt_record"
 QUARANTINE_TABLE = "_load_quarantine"
 TITLE_KEY_PREFIX = "t"
 TITLE_KEY_HEX_DIGITS = 16
+NOT_UTF8_REASON = "line has bytes that are not UTF-8 (shown as U+FFFD); fix the encoding of the file"
 
 SOURCE_FILES: dict[str, str] = {
     "items": "items.jsonl",
@@ -121,10 +122,18 @@ def _read_jsonl(spark: "SparkSession", path: Path, table: str) -> "DataFrame":
 def _split_corrupt(frame: "DataFrame", table: str) -> tuple["DataFrame", "DataFrame"]:
     from pyspark.sql import functions as F
 
-    bad = frame.where(F.col(CORRUPT_COLUMN).isNotNull()).select(
+    # Jackson rejects a line with bytes that are not UTF-8, and Spark keeps such a line in the
+    # corrupt-record column byte for byte. The record is stored with those bytes replaced by
+    # U+FFFD, so that the quarantine table itself stays readable.
+    record = F.col(CORRUPT_COLUMN)
+    reason = (
+        F.when(F.is_valid_utf8(record), F.lit("line is not valid JSON or does not match the schema"))
+        .otherwise(F.lit(NOT_UTF8_REASON))
+    )
+    bad = frame.where(record.isNotNull()).select(
         F.lit(table).alias("table"),
-        F.lit("line is not valid JSON or does not match the schema").alias("reason"),
-        F.col(CORRUPT_COLUMN).alias("record"),
+        reason.alias("reason"),
+        F.make_valid_utf8(record).alias("record"),
     )
     good = frame.where(F.col(CORRUPT_COLUMN).isNull()).drop(CORRUPT_COLUMN)
     return good, bad
