@@ -24,6 +24,7 @@ exits 0 unless a step fails or --check is given and a target is missed.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import logging
 import math
@@ -218,7 +219,7 @@ def _enhance(folder: Path, texts: list[str], raw: np.ndarray, record: dict[str, 
         dictionary, rejected = read_dictionary_file(folder / "dictionary.tsv", HashingNgramEmbedder(raw.shape[1]))
         matcher = KeywordMatcher(dictionary.keywords)
         rows, indices = matcher.match_arrays(texts, KeywordConfig().effective_match_processes)
-        fused = fuse_matches(raw, rows, indices, dictionary.vectors, RAW_WEIGHT)
+        fused = fuse_matches(raw, rows, indices, dictionary.vectors, RAW_WEIGHT, in_place=True)
     if rejected:
         raise RuntimeError(f"the generated dictionary has {len(rejected)} rejected lines, first: {rejected[0]}")
     record["keyword_matches"] = int(rows.size)
@@ -237,11 +238,15 @@ def _write_state(target: Path, keys: pd.DataFrame, model: Any, index: Any, array
     write_parquet_atomic(target / "sids.parquet", keys[["entity", "key"]].assign(sid=sids))
 
 
-def _sid_metrics(sids: list[str], rq_codes: np.ndarray, model: Any) -> dict[str, Any]:
+def _sid_metrics(rq_codes: np.ndarray, opq_codes: np.ndarray, model: Any) -> dict[str, Any]:
+    """ICR and collisions of the full SIDs (from their codes) and CUR of the RQ layers."""
     from onesearch_tasks.sid import metrics as sid_metrics
 
     spaces = [model.code_space(layer) for layer in range(model.depth)]
-    return {"uniqueness": sid_metrics.uniqueness(sids), "coverage": sid_metrics.coverage(rq_codes, spaces, model.k)}
+    return {
+        "uniqueness": sid_metrics.code_uniqueness(np.concatenate([rq_codes, opq_codes], axis=1)),
+        "coverage": sid_metrics.coverage(rq_codes, spaces, model.k),
+    }
 
 
 def scenario_full(folder: str, args: argparse.Namespace, balanced_type: int, target_name: str) -> dict[str, Any]:
@@ -273,7 +278,7 @@ def scenario_full(folder: str, args: argparse.Namespace, balanced_type: int, tar
         arrays = {"rq_codes": codes, "residuals": residuals, "embeddings": fused, "opq_codes": opq_codes}
         _write_state(root / target_name, keys, model, index, arrays, sids)
     with timed(record, "metrics"):
-        measured = _sid_metrics(sids, codes, model)
+        measured = _sid_metrics(codes, opq_codes, model)
     record["icr"] = measured["uniqueness"]["icr"]
     record["rq_icr"] = _code_icr(codes)
     record["largest_collision_group"] = measured["uniqueness"]["largest_collision_group"]
@@ -322,8 +327,8 @@ def scenario_incremental(folder: str, args: argparse.Namespace, number: int) -> 
         raw = np.load(root / f"new_{number}_vectors.npy")
         reference_model = RQModel.load(reference / "model")
         index = load_opq(reference / "model", expected_dim=raw.shape[1])
-        reference_sids = pd.read_parquet(reference / "sids.parquet")
-        state = {name: np.load(reference / f"{name}.npy") for name in ("rq_codes", "residuals", "embeddings", "opq_codes")}
+        reference_keys = pd.read_parquet(reference / "sids.parquet", columns=["entity", "key"])
+        state = {name: np.load(reference / f"{name}.npy", mmap_mode="r") for name in ("rq_codes", "residuals", "embeddings", "opq_codes")}
     fused = _enhance(root, new_keys["text"].tolist(), raw, record)
 
     with timed(record, "rq"):
@@ -332,19 +337,20 @@ def scenario_incremental(folder: str, args: argparse.Namespace, number: int) -> 
         opq_codes = encode_opq(index, residuals)
 
     with timed(record, "write"):
-        new_sids = sid_metrics.format_sids(codes, opq_codes, args.opq_bits)
-        sids = reference_sids["sid"].tolist() + new_sids
-        keys = pd.concat([reference_sids[["entity", "key"]], new_keys[["entity", "key"]]], ignore_index=True)
         arrays = {
             "rq_codes": np.concatenate([state["rq_codes"], codes]),
             "residuals": np.concatenate([state["residuals"], residuals]),
             "embeddings": np.concatenate([state["embeddings"], fused]),
             "opq_codes": np.concatenate([state["opq_codes"], opq_codes]),
         }
+        sids = sid_metrics.format_sids(arrays["rq_codes"], arrays["opq_codes"], args.opq_bits)
+        keys = pd.concat([reference_keys, new_keys[["entity", "key"]]], ignore_index=True)
         _write_state(root / f"incremental_{number}", keys, model, index, arrays, sids)
     with timed(record, "metrics"):
-        measured = _sid_metrics(sids, arrays["rq_codes"], model)
-        record["churn"] = sid_metrics.churn(reference_sids["sid"].tolist(), sids[: len(reference_sids)])["churn"]
+        measured = _sid_metrics(arrays["rq_codes"], arrays["opq_codes"], model)
+        reused = len(reference_keys)
+        changed = np.any(arrays["rq_codes"][:reused] != state["rq_codes"], axis=1) | np.any(arrays["opq_codes"][:reused] != state["opq_codes"], axis=1)
+        record["churn"] = float(np.count_nonzero(changed) / reused)
     record["new_keys"] = len(new_keys)
     record["icr"] = measured["uniqueness"]["icr"]
     return _finish(record)
@@ -365,9 +371,9 @@ def _finish(record: dict[str, Any]) -> dict[str, Any]:
 
 def run_child(function: Callable[..., dict[str, Any]], *arguments: Any) -> dict[str, Any]:
     """Run one scenario in a fresh spawned process and return its record."""
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(function, arguments)
+    # Unlike Pool workers, executor workers are not daemonic, so the keyword matcher can fork.
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as executor:
+        return executor.submit(function, *arguments).result()
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -427,6 +433,8 @@ def print_report(result: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from onesearch_tasks.config import RQConfig
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys in the catalog (queries and items)")
     parser.add_argument("--dim", type=int, default=64, help="embedding dimension")
@@ -440,8 +448,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opq-m", type=int, default=2, help="OPQ sub-quantizers")
     parser.add_argument("--opq-bits", type=int, default=8, help="bits per OPQ code")
     parser.add_argument("--opq-max-train-rows", type=int, default=1_000_000, help="rows sampled for OPQ training (opq.max_train_rows)")
-    parser.add_argument("--niter", type=int, default=25, help="k-means iterations per layer (rq.niter)")
-    parser.add_argument("--max-points-per-centroid", type=int, default=256, help="faiss training sample per centroid (rq.max_points_per_centroid)")
+    parser.add_argument("--niter", type=int, default=RQConfig().niter, help="k-means iterations per layer (rq.niter)")
+    parser.add_argument("--max-points-per-centroid", type=int, default=RQConfig().max_points_per_centroid, help="faiss training sample per centroid (rq.max_points_per_centroid)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the data and of k-means")
     parser.add_argument("--no-baseline", action="store_true", help="skip the plain faiss comparison (it takes about the floor's time)")
     parser.add_argument("--workdir", type=Path, default=None, help="folder for the generated data and states; default a temporary folder")

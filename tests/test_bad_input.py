@@ -20,7 +20,7 @@ import pytest
 
 from conftest import read_jsonl, write_config, write_jsonl
 from onesearch_tasks.config import OneSearchConfig, load_config
-from onesearch_tasks.sid.keywords import EMBEDDING_SEPARATOR, KeywordDictionaryError
+from onesearch_tasks.sid.keywords import EMBEDDING_SEPARATOR
 from onesearch_tasks.sid.opq import OPQError, save_opq, train_opq
 from onesearch_tasks.sid.refresh import layout_for, run_embed, run_extract, run_refresh, warehouse_for
 from onesearch_tasks.sid.rq import RQError
@@ -372,12 +372,6 @@ def test_dictionary_bad_lines_rejected(base, tmp_path):
     assert current_version(base.layout) == result.version
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeywordDictionaryError,
-    reason="keywords.read_dictionary_file rejects the whole file on one non-UTF-8 byte; it should "
-    "decode line by line and reject only that line, with the reason 'line is not valid UTF-8'",
-)
 def test_dictionary_non_utf8_line_rejected(base, tmp_path):
     path = tmp_path / "keywords.tsv"
     path.write_bytes(GOOD_KEYWORD_LINES[0].encode() + b"\n\xff\xfe\tbrand\t3\t\n")
@@ -469,11 +463,6 @@ def test_reference_opq_other_dim_rejected(copied_home):
     assert pointer_state(layout) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RQModel.load checks a codebook's width but not its rows; rq._load_array should also "
-    "check rows == k of that layer and raise StorageError naming the file, both numbers and mode=full",
-)
 def test_reference_codebook_rows_rejected(copied_home):
     config = copied_home()
     layout = layout_for(config)

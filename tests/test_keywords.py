@@ -479,12 +479,15 @@ def test_read_missing_file_raises(tmp_path: Path, embedder: HashingNgramEmbedder
         read_dictionary_file(missing, embedder)
 
 
-def test_read_non_utf8_raises(tmp_path: Path, embedder: HashingNgramEmbedder) -> None:
+def test_read_non_utf8_line_rejected(tmp_path: Path, embedder: HashingNgramEmbedder) -> None:
     path = tmp_path / "gbk.tsv"
-    path.write_bytes("红色\tcolor\t5\t\n".encode("gbk"))
+    path.write_bytes("好评\tmarketing\t1\t\n".encode("utf-8") + "红色\tcolor\t5\t\n".encode("gbk"))
 
-    with pytest.raises(KeywordDictionaryError, match="not UTF-8"):
-        read_dictionary_file(path, embedder)
+    dictionary, rejected = read_dictionary_file(path, embedder)
+
+    assert dictionary.keywords == ["好评"]
+    assert [line.line_number for line in rejected] == [2]
+    assert "not valid UTF-8" in rejected[0].reason
 
 
 def test_format_line_round_trip(tmp_path: Path, embedder: HashingNgramEmbedder) -> None:
@@ -589,3 +592,14 @@ def test_read_bad_value_keeps_other_vectors(tmp_path: Path, embedder: HashingNgr
     np.testing.assert_allclose(dictionary.vectors, np.stack(vectors), rtol=1e-6)
     assert [line.line_number for line in rejected] == [2]
     assert "not a float" in rejected[0].reason
+
+
+def test_fuse_matches_in_place_writes_raw() -> None:
+    raw = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    keyword_vectors = np.array([[0.6, 0.8]], dtype=np.float32)
+    expected = fuse_matches(raw, np.array([1]), np.array([0]), keyword_vectors, 0.5)
+
+    result = fuse_matches(raw, np.array([1]), np.array([0]), keyword_vectors, 0.5, in_place=True)
+
+    assert result is raw
+    np.testing.assert_allclose(raw, expected, rtol=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from onesearch_tasks.sid import metrics as sid_metrics
 from onesearch_tasks.sid.metrics import churn, coverage, format_sids, sid_letters, uniqueness
 
 # --- format_sids ----------------------------------------------------------------------------
@@ -158,3 +159,25 @@ def test_churn_empty() -> None:
 def test_churn_unaligned_raises() -> None:
     with pytest.raises(ValueError, match="got 2 and 1"):
         churn(["a", "b"], ["a"])
+
+
+@pytest.mark.parametrize("scale", [1, 1 << 40])
+def test_code_uniqueness_matches_strings(scale: int) -> None:
+    # scale 2**40 makes the radices overflow 63 bits, so the row-wise fallback runs.
+    rng = np.random.default_rng(4)
+    rq_codes = rng.integers(0, 3, size=(200, 3)) * scale
+    opq_codes = rng.integers(0, 2, size=(200, 2))
+
+    from_codes = sid_metrics.code_uniqueness(np.concatenate([rq_codes, opq_codes], axis=1))
+    from_strings = sid_metrics.uniqueness(sid_metrics.format_sids(rq_codes, opq_codes, 1))
+
+    assert from_codes == from_strings
+
+
+def test_coverage_large_codes_counted() -> None:
+    codes = np.array([[0, 1 << 30], [1, 1 << 30], [1, 5]], dtype=np.int64)
+
+    coverage = sid_metrics.coverage(codes, [2, 1 << 31], [2, 1 << 31])
+
+    assert [layer["used"] for layer in coverage["per_layer"]] == [2, 2]
+    assert [prefix["distinct"] for prefix in coverage["per_prefix"]] == [2, 3]

@@ -45,7 +45,7 @@ MATCH_BATCH_TEXTS = 200_000
 # Parallel matching pays for its fork only on large inputs; more processes rarely help.
 PARALLEL_MIN_TEXTS = 50_000
 PARALLEL_MAX_PROCESSES = 8
-FUSE_BATCH_ROWS = 262_144
+FUSE_BATCH_ROWS = 16_384
 DICTIONARY_FIELDS = 4
 CATEGORY_COLUMNS = ("category_level1_name", "category_level2_name", "category_level3_name")
 # Separators inside catalog category names ("瑜伽舞蹈/健身/体育/护具") and attribute lists.
@@ -296,23 +296,44 @@ def _parse_embeddings(texts: list[str], dim: int) -> tuple[np.ndarray, list[str 
     return vectors, problems
 
 
+def _read_lines(path: Path) -> tuple[list[str], set[int]]:
+    """Return the file's lines and the 1-based numbers of lines that are not valid UTF-8.
+
+    The whole file is decoded at once; only when that fails is it decoded line by line, with
+    undecodable bytes shown as U+FFFD in the returned text.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines(), set()
+    except UnicodeDecodeError:
+        pass
+    lines, undecodable = [], set()
+    for line_number, raw_line in enumerate(data.splitlines(), start=1):
+        try:
+            lines.append(raw_line.decode("utf-8"))
+        except UnicodeDecodeError:
+            lines.append(raw_line.decode("utf-8", errors="replace"))
+            undecodable.add(line_number)
+    return lines, undecodable
+
+
 def read_dictionary_file(path: Path, embedder: Embedder) -> tuple[KeywordDictionary, list[RejectedLine]]:
     """Read a `keyword \\t type \\t pv \\t emb` file. Bad lines are returned, not raised.
 
-    A line with an empty emb field gets its vector from the embedder. Rejected lines come
-    back in file order. Raises KeywordDictionaryError when the file is missing or not UTF-8.
+    A line with an empty emb field gets its vector from the embedder. Rejected lines, lines
+    that are not valid UTF-8 among them, come back in file order. Raises
+    KeywordDictionaryError when the file is missing.
     """
     path = Path(path)
     if not path.is_file():
         raise KeywordDictionaryError(f"keyword dictionary file not found: {path}; fix keywords.dictionary_files")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise KeywordDictionaryError(f"keyword dictionary {path} is not UTF-8: {error}") from error
-
+    lines, undecodable = _read_lines(path)
     rejected: list[RejectedLine] = []
     parsed_lines: list[tuple[int, str, str, int, str]] = []
     for line_number, line in enumerate(lines, start=1):
+        if line_number in undecodable:
+            rejected.append(RejectedLine(str(path), line_number, "line is not valid UTF-8; fix the file's encoding", line[:500]))
+            continue
         if not line.strip() or line.startswith("#"):
             continue
         parsed = _parse_line_fields(line.split("\t"))
@@ -393,7 +414,13 @@ class KeywordMatcher:
         if self._empty or not len(texts):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         processes = min(processes, PARALLEL_MAX_PROCESSES)
-        parallel = processes > 1 and len(texts) >= PARALLEL_MIN_TEXTS and "fork" in multiprocessing.get_all_start_methods()
+        # A daemonic process (a multiprocessing.Pool worker) may not start children.
+        parallel = (
+            processes > 1
+            and len(texts) >= PARALLEL_MIN_TEXTS
+            and "fork" in multiprocessing.get_all_start_methods()
+            and not multiprocessing.current_process().daemon
+        )
         batch_size = min(MATCH_BATCH_TEXTS, -(-len(texts) // (processes * 4))) if parallel else MATCH_BATCH_TEXTS
         bounds = [(start, min(start + batch_size, len(texts))) for start in range(0, len(texts), batch_size)]
         if parallel:
@@ -409,10 +436,10 @@ class KeywordMatcher:
         widths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)) + len(TEXT_SEPARATOR)
         text_starts = np.cumsum(widths) - widths
         joined = TEXT_SEPARATOR.encode("ascii").join(encoded).decode("latin-1")
-        hits = list(self._automaton.iter(joined))
-        if not hits:
+        # One pass from the automaton's (end, keyword) tuples straight into an array.
+        flat = np.fromiter(itertools.chain.from_iterable(self._automaton.iter(joined)), dtype=np.int64)
+        if flat.size == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        flat = np.fromiter(itertools.chain.from_iterable(hits), dtype=np.int64, count=2 * len(hits))
         ends, indices = flat[0::2] + 1, flat[1::2]
         starts = ends - self._lengths[indices]
 
@@ -479,13 +506,15 @@ def fuse_embeddings(raw: np.ndarray, matches: Sequence[Sequence[int]], keyword_v
     return fuse_matches(raw, rows, flat, keyword_vectors, raw_weight)
 
 
-def fuse_matches(raw: np.ndarray, rows: np.ndarray, keyword_indices: np.ndarray, keyword_vectors: np.ndarray, raw_weight: float) -> np.ndarray:
+def fuse_matches(raw: np.ndarray, rows: np.ndarray, keyword_indices: np.ndarray, keyword_vectors: np.ndarray, raw_weight: float, in_place: bool = False) -> np.ndarray:
     """fuse_embeddings for matches given as (rows, keyword indices) pairs sorted by row.
 
     Works through FUSE_BATCH_ROWS matched rows at a time, so the sums never need more than
-    a batch's worth of memory.
+    a batch's worth of memory. in_place=True writes into raw (float32) instead of a copy.
     """
-    fused = np.array(raw, dtype=np.float32, copy=True)
+    fused = raw if in_place else np.array(raw, dtype=np.float32, copy=True)
+    if in_place and raw.dtype != np.float32:
+        raise ValueError(f"in-place fusion needs float32 vectors, got {raw.dtype}")
     if rows.size == 0:
         return fused
     if np.any(np.diff(rows) < 0):

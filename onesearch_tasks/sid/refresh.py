@@ -424,7 +424,7 @@ def _vectors_for(keys: pd.DataFrame, reference: VersionState | None, reuse: bool
         if (~given).any():
             raw[~given] = embedder.embed(subset.loc[~given, "text"].tolist())
         match_rows, match_indices = matcher.match_arrays(subset["text"].tolist(), config.keywords.effective_match_processes)
-        vectors[todo] = fuse_matches(raw, match_rows, match_indices, dictionary.vectors, config.keywords.raw_weight)
+        vectors[todo] = fuse_matches(raw, match_rows, match_indices, dictionary.vectors, config.keywords.raw_weight, in_place=True)
         names = np.asarray(dictionary.keywords, dtype=object)[match_indices]
         bounds = np.searchsorted(match_rows, np.arange(todo.size + 1))
         for position, begin, end in zip(todo.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):

@@ -52,9 +52,9 @@ class RQSettings:
     k: tuple[int, ...]
     balanced_type: int = 0
     normalize_residuals: bool = False
-    niter: int = 25
+    niter: int = 6
     seed: int = 1234
-    max_points_per_centroid: int = 256
+    max_points_per_centroid: int = 1024
     cap_k: bool = False
 
 
@@ -145,6 +145,14 @@ class RQModel:
 
         standard_layers = len(k) if balanced_type == 0 else len(k) - 1
         codebooks = [_load_array(folder / f"rq_codebook_{layer}.npy", dim) for layer in range(1, standard_layers + 1)]
+        # cap_k may have trained fewer centroids than k; the meta file records how many.
+        sizes = meta.get("codebook_sizes") or list(k[:standard_layers])
+        for layer, (codebook, size) in enumerate(zip(codebooks, sizes), start=1):
+            if codebook.shape[0] != int(size):
+                raise StorageError(
+                    f"RQ codebook {folder / f'rq_codebook_{layer}.npy'} has {codebook.shape[0]} rows, but {MODEL_META_FILE} "
+                    f"says layer {layer} has {int(size)} (k={k[layer - 1]}); the model folder is corrupt, rebuild with mode=full"
+                )
         model = cls(k, dim, balanced_type, bool(meta.get("normalize_residuals", False)), codebooks, stats=meta.get("stats", {}))
         if balanced_type:
             model.parent_ids = _load_index_array(folder / "rq_last_parent_ids.npy")
