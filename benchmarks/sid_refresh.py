@@ -213,10 +213,10 @@ def _import_heavy_modules() -> None:
 def _enhance(folder: Path, texts: list[str], raw: np.ndarray, record: dict[str, float]) -> np.ndarray:
     from onesearch_tasks.config import KeywordConfig
     from onesearch_tasks.sid.embedders import HashingNgramEmbedder
-    from onesearch_tasks.sid.keywords import KeywordMatcher, fuse_matches, read_dictionary_file
+    from onesearch_tasks.sid.keywords import KeywordMatcher, fuse_matches, read_dictionary_file_cached
 
     with timed(record, "keywords"):
-        dictionary, rejected = read_dictionary_file(folder / "dictionary.tsv", HashingNgramEmbedder(raw.shape[1]))
+        dictionary, rejected = read_dictionary_file_cached(folder / "dictionary.tsv", HashingNgramEmbedder(raw.shape[1]), folder / "cache")
         matcher = KeywordMatcher(dictionary.keywords)
         rows, indices = matcher.match_arrays(texts, KeywordConfig().effective_match_processes)
         fused = fuse_matches(raw, rows, indices, dictionary.vectors, RAW_WEIGHT, in_place=True)

@@ -22,6 +22,7 @@ from onesearch_tasks.sid.keywords import (
     fuse_embeddings,
     fuse_matches,
     read_dictionary_file,
+    read_dictionary_file_cached,
 )
 
 DIM = 16
@@ -603,3 +604,46 @@ def test_fuse_matches_in_place_writes_raw() -> None:
 
     assert result is raw
     np.testing.assert_allclose(raw, expected, rtol=1e-6)
+
+
+
+def test_cached_read_matches_parse(tmp_path: Path, embedder: HashingNgramEmbedder) -> None:
+    lines = ["红色\tcolor\t5\t", "坏\tflavour\t1\t", f"蓝色\tcolor\t2\t{emb_field(unit([1.0] * DIM))}"]
+    first_path = write_lines(tmp_path / "a.tsv", lines)
+    second_path = write_lines(tmp_path / "b.tsv", lines)
+    cache = tmp_path / "cache"
+
+    parsed, parsed_rejected = read_dictionary_file(first_path, embedder)
+    missed, _ = read_dictionary_file_cached(first_path, embedder, cache)
+    hit, hit_rejected = read_dictionary_file_cached(second_path, embedder, cache)
+
+    assert len(list(cache.iterdir())) == 1
+    for dictionary in (missed, hit):
+        assert dictionary.keywords == parsed.keywords
+        assert dictionary.types == parsed.types
+        assert dictionary.pv.tolist() == parsed.pv.tolist()
+        np.testing.assert_array_equal(dictionary.vectors, parsed.vectors)
+    assert [line.line_number for line in hit_rejected] == [line.line_number for line in parsed_rejected]
+    assert hit_rejected[0].path == str(second_path)
+
+
+def test_cached_read_rebuilds_corrupt_entry(tmp_path: Path, embedder: HashingNgramEmbedder) -> None:
+    path = write_lines(tmp_path / "a.tsv", ["红色\tcolor\t5\t"])
+    cache = tmp_path / "cache"
+    read_dictionary_file_cached(path, embedder, cache)
+    entry = next(cache.iterdir())
+    (entry / "vectors.npy").write_bytes(b"not an array")
+
+    dictionary, _ = read_dictionary_file_cached(path, embedder, cache)
+
+    assert dictionary.keywords == ["红色"]
+    assert dictionary.vectors.shape == (1, DIM)
+
+
+def test_cached_read_keeps_recent_entries(tmp_path: Path, embedder: HashingNgramEmbedder) -> None:
+    cache = tmp_path / "cache"
+    for number in range(keywords_module.DICTIONARY_CACHE_ENTRIES + 2):
+        path = write_lines(tmp_path / f"d{number}.tsv", [f"词{number}\tentity\t1\t"])
+        read_dictionary_file_cached(path, embedder, cache)
+
+    assert len(list(cache.iterdir())) == keywords_module.DICTIONARY_CACHE_ENTRIES

@@ -15,12 +15,15 @@ w = keywords.raw_weight (0.5 by default); a key with no match keeps its raw vect
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import logging
 import math
 import multiprocessing
+import os
 import re
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,6 +34,7 @@ import pandas as pd
 
 from onesearch_tasks.config import KeywordConfig
 from onesearch_tasks.sid.embedders import Embedder, l2_normalize
+from onesearch_tasks.storage import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,8 @@ MATCH_BATCH_TEXTS = 200_000
 PARALLEL_MIN_TEXTS = 50_000
 PARALLEL_MAX_PROCESSES = 8
 FUSE_BATCH_ROWS = 16_384
+DICTIONARY_CACHE_FORMAT = 1
+DICTIONARY_CACHE_ENTRIES = 8
 DICTIONARY_FIELDS = 4
 CATEGORY_COLUMNS = ("category_level1_name", "category_level2_name", "category_level3_name")
 # Separators inside catalog category names ("瑜伽舞蹈/健身/体育/护具") and attribute lists.
@@ -366,6 +372,50 @@ def read_dictionary_file(path: Path, embedder: Embedder) -> tuple[KeywordDiction
     types = [entry[2] for entry in entries]
     pv = np.asarray([entry[3] for entry in entries], dtype=np.int64)
     return KeywordDictionary(keywords, types, pv, matrix), rejected
+
+
+def read_dictionary_file_cached(path: Path, embedder: Embedder, cache_dir: Path) -> tuple[KeywordDictionary, list[RejectedLine]]:
+    """read_dictionary_file, reusing the result stored for the same file content and embedder.
+
+    Dictionary files change rarely, so a daily run usually loads yesterday's parsed arrays
+    instead of parsing every line again. Entries live in cache_dir/<sha256 of the file and
+    the embedder signature>/ as parquet and npy files. An entry that cannot be read is
+    parsed again, and only the DICTIONARY_CACHE_ENTRIES most recently used entries are kept.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KeywordDictionaryError(f"keyword dictionary file not found: {path}; fix keywords.dictionary_files")
+    digest = hashlib.sha256()
+    digest.update(f"dictionary-cache/v{DICTIONARY_CACHE_FORMAT}/{embedder.signature()}\n".encode())
+    digest.update(path.read_bytes())
+    entry = Path(cache_dir) / digest.hexdigest()
+    if entry.is_dir():
+        try:
+            terms = pd.read_parquet(entry / "terms.parquet")
+            vectors = np.load(entry / "vectors.npy", allow_pickle=False)
+            rejected_rows = pd.read_parquet(entry / "rejected.parquet")
+        except (OSError, ValueError) as error:
+            logger.warning("keyword dictionary cache entry %s cannot be read (%s); parsing %s again", entry, error, path)
+        else:
+            os.utime(entry)
+            dictionary = KeywordDictionary(terms["keyword"].tolist(), terms["type"].tolist(), terms["pv"].to_numpy(dtype=np.int64), vectors)
+            rejected = [RejectedLine(str(path), int(row.line_number), row.reason, row.line) for row in rejected_rows.itertuples()]
+            return dictionary, rejected
+
+    dictionary, rejected = read_dictionary_file(path, embedder)
+    with atomic_path(entry) as tmp:
+        tmp.mkdir(parents=True)
+        pd.DataFrame({"keyword": dictionary.keywords, "type": dictionary.types, "pv": dictionary.pv}).to_parquet(tmp / "terms.parquet", index=False)
+        np.save(tmp / "vectors.npy", dictionary.vectors, allow_pickle=False)
+        pd.DataFrame([vars(line) for line in rejected], columns=["path", "line_number", "reason", "line"]).to_parquet(tmp / "rejected.parquet", index=False)
+    _prune_cache(Path(cache_dir))
+    return dictionary, rejected
+
+
+def _prune_cache(cache_dir: Path) -> None:
+    entries = sorted((entry for entry in cache_dir.iterdir() if entry.is_dir() and not entry.name.startswith(".")), key=lambda entry: entry.stat().st_mtime, reverse=True)
+    for stale in entries[DICTIONARY_CACHE_ENTRIES:]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 class KeywordMatcher:

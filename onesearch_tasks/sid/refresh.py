@@ -51,7 +51,7 @@ from onesearch_tasks.sid.keywords import (
     KeywordMatcher,
     build_catalog_dictionary,
     fuse_matches,
-    read_dictionary_file,
+    read_dictionary_file_cached,
 )
 from onesearch_tasks.sid.opq import encode_opq, load_opq, save_opq, train_opq
 from onesearch_tasks.sid.publish import MANIFEST_FILE, PublishResult, publish_run
@@ -327,7 +327,7 @@ def _build_dictionary(run: Run, embedder: Embedder) -> tuple[KeywordDictionary, 
         if previous.dim == embedder.dim:
             dictionary = dictionary.merged_with(previous)
     for path in config.keywords.dictionary_files:
-        extra, rejected = read_dictionary_file(Path(path), embedder)
+        extra, rejected = read_dictionary_file_cached(Path(path), embedder, run.layout.sid_root / "cache" / "keywords")
         dictionary = dictionary.merged_with(extra)
         rejected_rows.extend(vars(line) for line in rejected)
     return dictionary, pd.DataFrame(rejected_rows, columns=["path", "line_number", "reason", "line"])
