@@ -84,7 +84,7 @@ def peak_rss_mb() -> float:
 
 
 def measure_matmul_gflops(dim: int, k: int) -> float:
-    """Best float32 rate of (4096, dim) x (dim, k) products, the shape of a k-means assignment block."""
+    """Measure the best float32 GFLOP/s of (4096, dim) x (dim, k) products, a k-means assignment block."""
     rng = np.random.default_rng(0)
     left = rng.standard_normal((MATMUL_BLOCK_ROWS, dim), dtype=np.float32)
     right = rng.standard_normal((dim, k), dtype=np.float32)
@@ -101,7 +101,7 @@ def measure_matmul_gflops(dim: int, k: int) -> float:
 
 
 def kmeans_floor_seconds(keys: int, dim: int, k: tuple[int, ...], gflops: float) -> float:
-    """Seconds that FLOOR_ITERATIONS full-data assignment passes per layer need at the measured rate."""
+    """Return the seconds that FLOOR_ITERATIONS full-data assignment passes per layer need at gflops."""
     flop = sum(FLOOR_ITERATIONS * 2.0 * keys * layer_k * dim for layer_k in k)
     return flop / (gflops * 1e9)
 
@@ -118,7 +118,7 @@ def _mixture(rng: np.random.Generator, rows: int, centers: np.ndarray, weights: 
 
 
 def _terms(rng: np.random.Generator, count: int) -> list[str]:
-    """Distinct dictionary terms: 2-4 CJK characters, a few upper-case Latin words."""
+    """Draw distinct dictionary terms: 2-4 CJK characters, and a few upper-case Latin words."""
     chars = np.array([chr(CJK_FIRST + offset) for offset in range(CJK_COUNT)])
     latin = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
     terms: dict[str, None] = {}
@@ -132,7 +132,7 @@ def _terms(rng: np.random.Generator, count: int) -> list[str]:
 
 
 def _texts(rng: np.random.Generator, components: np.ndarray, term_offsets: np.ndarray, terms: list[str], term_range: tuple[int, int]) -> list[str]:
-    """Texts of 1..n terms near each component's term offset, with filler between them."""
+    """Build texts of 1..n terms near each component's term offset, with filler between them."""
     rows = components.shape[0]
     counts = rng.integers(term_range[0], term_range[1] + 1, size=rows)
     ranks = np.minimum(rng.zipf(TERM_ZIPF_EXPONENT, size=int(counts.sum())), len(terms)) - 1
@@ -239,7 +239,7 @@ def _write_state(target: Path, keys: pd.DataFrame, model: Any, index: Any, array
 
 
 def _sid_metrics(rq_codes: np.ndarray, opq_codes: np.ndarray, model: Any) -> dict[str, Any]:
-    """ICR and collisions of the full SIDs (from their codes) and CUR of the RQ layers."""
+    """Compute ICR and collisions of the full SIDs (from their codes) and CUR of the RQ layers."""
     from onesearch_tasks.sid import metrics as sid_metrics
 
     spaces = [model.code_space(layer) for layer in range(model.depth)]
@@ -250,7 +250,7 @@ def _sid_metrics(rq_codes: np.ndarray, opq_codes: np.ndarray, model: Any) -> dic
 
 
 def scenario_full(folder: str, args: argparse.Namespace, balanced_type: int, target_name: str) -> dict[str, Any]:
-    """Full refresh: every step from the files to the written state and its metrics."""
+    """Run a full refresh: every step from the files to the written state and its metrics."""
     from onesearch_tasks.sid import metrics as sid_metrics
     from onesearch_tasks.sid.opq import encode_opq, train_opq
     from onesearch_tasks.sid.rq import RQSettings, train_rq
@@ -287,7 +287,7 @@ def scenario_full(folder: str, args: argparse.Namespace, balanced_type: int, tar
 
 
 def scenario_baseline(folder: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Plain faiss k-means on every row of every layer, then the project's OPQ, on the full run's vectors."""
+    """Run plain faiss k-means on every row of every layer, then the project's OPQ, on the full run's vectors."""
     import faiss
 
     from onesearch_tasks.sid import metrics as sid_metrics
@@ -314,7 +314,7 @@ def scenario_baseline(folder: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def scenario_incremental(folder: str, args: argparse.Namespace, number: int) -> dict[str, Any]:
-    """Incremental refresh: reuse the full run's state, encode only the new keys."""
+    """Run an incremental refresh: reuse the full run's state and encode only the new keys."""
     from onesearch_tasks.sid import metrics as sid_metrics
     from onesearch_tasks.sid.opq import encode_opq, load_opq
     from onesearch_tasks.sid.rq import RQModel, extend_rq
@@ -357,7 +357,7 @@ def scenario_incremental(folder: str, args: argparse.Namespace, number: int) -> 
 
 
 def _code_icr(codes: np.ndarray) -> float:
-    """ICR of the RQ codes alone (share of rows no other row shares)."""
+    """Return the ICR of the RQ codes alone (share of rows that no other row shares)."""
     _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
     return float(np.count_nonzero(counts[inverse.ravel()] == 1) / codes.shape[0])
 
