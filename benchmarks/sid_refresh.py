@@ -31,7 +31,9 @@ import math
 import multiprocessing
 import os
 import platform
+import re
 import resource
+import signal
 import sys
 import tempfile
 import time
@@ -396,8 +398,9 @@ def evaluate_targets(result: dict[str, Any], args: argparse.Namespace) -> list[d
             add("incremental (1% new) seconds <= 10% of full", run["total_seconds"], limit, run["total_seconds"] <= limit)
     if "balanced" in result:
         limit = BALANCED_MAX_RQ_FACTOR * result["rq_seconds"]
-        add("balanced type 1 RQ seconds <= 2 x standard RQ", result["balanced"]["rq_seconds"], limit, result["balanced"]["rq_seconds"] <= limit)
-        add("balanced type 1 peak RSS MiB < 4096", result["balanced"]["peak_rss_mb"], BALANCED_MAX_RSS_MB, result["balanced"]["peak_rss_mb"] < BALANCED_MAX_RSS_MB)
+        kind = f"balanced type {args.compare_balanced}"
+        add(f"{kind} RQ seconds <= 2 x standard RQ", result["balanced"]["rq_seconds"], limit, result["balanced"]["rq_seconds"] <= limit)
+        add(f"{kind} peak RSS MiB < 4096", result["balanced"]["peak_rss_mb"], BALANCED_MAX_RSS_MB, result["balanced"]["peak_rss_mb"] < BALANCED_MAX_RSS_MB)
     add("keyword enhancement keys/s >= 200k", result["keywords_keys_per_second"], KEYWORD_MIN_KEYS_PER_SECOND, result["keywords_keys_per_second"] >= KEYWORD_MIN_KEYS_PER_SECOND)
     opq_limit = OPQ_ENCODE_MAX_SECONDS_PER_MILLION * args.keys / 1e6
     add("OPQ encode seconds < 2 s per 1M keys", result["opq_encode_seconds"], opq_limit, result["opq_encode_seconds"] < opq_limit)
@@ -411,7 +414,7 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"float32 matmul {result['matmul_gflops']:.1f} GFLOP/s; k-means floor {result['floor_seconds']:.1f} s "
           f"({FLOOR_ITERATIONS} iterations x {len(config['k'])} layers)\n")
 
-    columns = ["full"] + (["balanced 1"] if "balanced" in result else []) + [f"incr {run['new_fraction']:g}" for run in result.get("incremental", [])]
+    columns = ["full"] + ([f"balanced {config['compare_balanced']}"] if "balanced" in result else []) + [f"incr {run['new_fraction']:g}" for run in result.get("incremental", [])]
     records = [result] + ([result["balanced"]] if "balanced" in result else []) + result.get("incremental", [])
     steps = ["load", "keywords"] + [f"rq_layer_{layer}" for layer in range(1, len(config["k"]) + 1)] + ["rq", "opq_train", "opq_encode", "write", "metrics", "total"]
     print(f"{'step (seconds)':<22}" + "".join(f"{column:>14}" for column in columns))
@@ -435,7 +438,7 @@ def print_report(result: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from onesearch_tasks.config import RQConfig
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--keys", type=int, default=1_000_000, help="keys in the catalog (queries and items)")
     parser.add_argument("--dim", type=int, default=64, help="embedding dimension")
     parser.add_argument("--k", default="1024-1024-1024", help="clusters per RQ layer, e.g. 1024-1024-1024")
@@ -456,13 +459,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=None, help="write all numbers to this JSON file")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
+    _check_args(parser, args)
+    return args
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Reject values that would fail only after minutes of work, with one line each."""
+    if not re.fullmatch(r"[1-9]\d*(-[1-9]\d*)*", args.k):
+        parser.error(f"--k {args.k!r} must be positive cluster counts joined by '-', for example 1024-1024-1024")
     args.k = tuple(int(part) for part in args.k.split("-"))
-    args.new_fractions = [float(part) for part in args.new_fraction.split(",") if part.strip()]
-    if args.referlayer > len(args.k):
-        parser.error(f"--referlayer {args.referlayer} is larger than the {len(args.k)} layers of --k")
+    try:
+        args.new_fractions = [float(part) for part in args.new_fraction.split(",") if part.strip()]
+    except ValueError:
+        parser.error(f"--new-fraction {args.new_fraction!r} must be comma-separated numbers, for example 0.001,0.01")
+    for name in ("keys", "dim", "dict_terms", "niter", "max_points_per_centroid", "opq_m", "opq_bits", "opq_max_train_rows"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not 0 < args.query_share < 1:
+        parser.error(f"--query-share must be between 0 and 1 (exclusive), got {args.query_share}")
+    if not 0 <= args.referlayer <= len(args.k):
+        parser.error(f"--referlayer {args.referlayer} must be between 0 and the {len(args.k)} layers of --k")
     if any(not 0 < fraction <= 1 for fraction in args.new_fractions):
         parser.error(f"--new-fraction values must be in (0, 1], got {args.new_fraction}")
-    return args
+    if args.dim % args.opq_m:
+        parser.error(f"--opq-m {args.opq_m} must divide --dim {args.dim}")
+    if args.opq_bits > 16 or min(args.keys, args.opq_max_train_rows) < (1 << args.opq_bits):
+        parser.error(f"--opq-bits {args.opq_bits} needs at most 16 bits and at least {1 << args.opq_bits} keys and training rows")
+    if args.keys < max(args.k):
+        parser.error(f"--keys {args.keys} must be at least the largest layer k ({max(args.k)})")
+    if args.json is not None:
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            parser.error(f"--json folder {args.json.parent} cannot be created: {error}")
+        if not os.access(args.json.parent, os.W_OK):
+            parser.error(f"--json folder {args.json.parent} is not writable")
 
 
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
@@ -501,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
     # faiss logs at INFO which of its CPU builds it tried to load; that is not a result.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     args = parse_args(argv)
+    # Turn SIGTERM (for example from timeout) into SystemExit, so the temporary folder is removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
         result = run(args, args.workdir)

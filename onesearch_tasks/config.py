@@ -200,7 +200,8 @@ class OPQConfig(_Section):
     m: int = Field(2, ge=1, le=16)
     bits: int = Field(8, ge=1, le=16)
     seed: int = 1234
-    # Rows sampled for OPQ training; the rest are only encoded.
+    # Rows sampled for OPQ training; the rest are only encoded. Inside, faiss 1.15 samples
+    # again: at most 65,536 rows for the rotation and 256 per centroid for each PQ k-means.
     max_train_rows: int = Field(1_000_000, ge=1)
 
 

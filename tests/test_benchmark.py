@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL_RUN = ["--keys", "6000", "--dim", "16", "--k", "16-16-16", "--dict-terms", "1500", "--new-fraction", "0.01,0.1"]
 STEPS = ("load", "keywords", "rq_layer_1", "rq_layer_2", "rq_layer_3", "rq", "opq_train", "opq_encode", "write", "metrics")
@@ -35,11 +37,23 @@ def test_benchmark_small_run(tmp_path: Path) -> None:
     assert "SID refresh benchmark" in completed.stdout
 
 
-def test_benchmark_rejects_bad_referlayer() -> None:
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--k", "8-8", "--referlayer", "3"], "--referlayer 3 must be between 0 and the 2 layers"),
+        (["--k", "64-x-64"], "--k '64-x-64' must be positive cluster counts"),
+        (["--dim", "0"], "--dim must be at least 1, got 0"),
+        (["--new-fraction", "0.1,abc"], "must be comma-separated numbers"),
+        (["--query-share", "1.5"], "--query-share must be between 0 and 1"),
+        (["--opq-m", "3"], "--opq-m 3 must divide --dim 64"),
+        (["--keys", "100"], "--opq-bits 8 needs at most 16 bits and at least 256 keys"),
+    ],
+)
+def test_benchmark_rejects_bad_flags(arguments: list[str], message: str) -> None:
     completed = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "sid_refresh.py"), "--k", "8-8", "--referlayer", "3"],
+        [sys.executable, str(REPO / "benchmarks" / "sid_refresh.py"), *arguments],
         capture_output=True, text=True, timeout=120, check=False,
     )
 
     assert completed.returncode == 2
-    assert "--referlayer 3 is larger than the 2 layers" in completed.stderr
+    assert message in completed.stderr

@@ -739,7 +739,11 @@ def run_evaluate(config: OneSearchConfig, ds: str, override: GateOverride | None
         return metrics
     described = "; ".join(f"{f['metric']}={f['value']:.4f} ({f['kind']} {f['threshold']})" for f in failures)
     if override is None:
-        raise QualityGateError(f"quality gates failed for ds={ds}: {described}. Run folder: {run.path}. Nothing was published.")
+        raise QualityGateError(
+            f"quality gates failed for ds={ds}: {described}. Run folder: {run.path}. Nothing was published. "
+            f"Fix the input and rerun the date, or publish anyway with: onesearch sid evaluate --ds {ds} "
+            "--override-gates --reason TEXT, then onesearch sid publish"
+        )
     logger.warning("quality gates failed for ds=%s: %s. Overridden by %s, reason: %s. The run may be published.", ds, described, override.by, override.reason)
     return metrics
 
