@@ -302,13 +302,12 @@ def _parse_embeddings(texts: list[str], dim: int) -> tuple[np.ndarray, list[str 
     return vectors, problems
 
 
-def _read_lines(path: Path) -> tuple[list[str], set[int]]:
-    """Return the file's lines and the 1-based numbers of lines that are not valid UTF-8.
+def _decode_lines(data: bytes) -> tuple[list[str], set[int]]:
+    """Return the lines of data and the 1-based numbers of lines that are not valid UTF-8.
 
-    The whole file is decoded at once; only when that fails is it decoded line by line, with
-    undecodable bytes shown as U+FFFD in the returned text.
+    The whole text is decoded at once. Only when that fails is it decoded line by line, and
+    then undecodable bytes show as U+FFFD in the returned lines.
     """
-    data = path.read_bytes()
     try:
         return data.decode("utf-8").splitlines(), set()
     except UnicodeDecodeError:
@@ -323,17 +322,19 @@ def _read_lines(path: Path) -> tuple[list[str], set[int]]:
     return lines, undecodable
 
 
-def read_dictionary_file(path: Path, embedder: Embedder) -> tuple[KeywordDictionary, list[RejectedLine]]:
+def read_dictionary_file(path: Path, embedder: Embedder, data: bytes | None = None) -> tuple[KeywordDictionary, list[RejectedLine]]:
     """Read a `keyword \\t type \\t pv \\t emb` file. Bad lines are returned, not raised.
 
     A line with an empty emb field gets its vector from the embedder. Rejected lines, lines
-    that are not valid UTF-8 among them, come back in file order. Raises
-    KeywordDictionaryError when the file is missing.
+    that are not valid UTF-8 among them, come back in file order. data, when given, is the
+    file's content already read. Raises KeywordDictionaryError when the file is missing.
     """
     path = Path(path)
-    if not path.is_file():
-        raise KeywordDictionaryError(f"keyword dictionary file not found: {path}; fix keywords.dictionary_files")
-    lines, undecodable = _read_lines(path)
+    if data is None:
+        if not path.is_file():
+            raise KeywordDictionaryError(f"keyword dictionary file not found: {path}; fix keywords.dictionary_files")
+        data = path.read_bytes()
+    lines, undecodable = _decode_lines(data)
     rejected: list[RejectedLine] = []
     parsed_lines: list[tuple[int, str, str, int, str]] = []
     for line_number, line in enumerate(lines, start=1):
@@ -385,9 +386,10 @@ def read_dictionary_file_cached(path: Path, embedder: Embedder, cache_dir: Path)
     path = Path(path)
     if not path.is_file():
         raise KeywordDictionaryError(f"keyword dictionary file not found: {path}; fix keywords.dictionary_files")
+    data = path.read_bytes()
     digest = hashlib.sha256()
     digest.update(f"dictionary-cache/v{DICTIONARY_CACHE_FORMAT}/{embedder.signature()}\n".encode())
-    digest.update(path.read_bytes())
+    digest.update(data)
     entry = Path(cache_dir) / digest.hexdigest()
     if entry.is_dir():
         try:
@@ -402,7 +404,7 @@ def read_dictionary_file_cached(path: Path, embedder: Embedder, cache_dir: Path)
             rejected = [RejectedLine(str(path), int(row.line_number), row.reason, row.line) for row in rejected_rows.itertuples()]
             return dictionary, rejected
 
-    dictionary, rejected = read_dictionary_file(path, embedder)
+    dictionary, rejected = read_dictionary_file(path, embedder, data)
     with atomic_path(entry) as tmp:
         tmp.mkdir(parents=True)
         pd.DataFrame({"keyword": dictionary.keywords, "type": dictionary.types, "pv": dictionary.pv}).to_parquet(tmp / "terms.parquet", index=False)

@@ -327,7 +327,8 @@ def check_reference(reference: RQModel, settings: RQSettings, dim: int) -> None:
 def train_rq(vectors: np.ndarray, settings: RQSettings, reference: RQModel | None = None, referlayer: int = 0) -> tuple[RQModel, np.ndarray, np.ndarray]:
     """Train (or partly reuse) an RQ model on vectors (n, d) float32.
 
-    Layers 1..referlayer come from reference, the rest are trained. Returns
+    Layers 1..referlayer come from reference, the rest are trained. With referlayer at
+    the depth nothing is trained, which is extend_rq without an update. Returns
     (model, codes (n, depth) int64, final residuals (n, d) float32).
     """
     rows, dim = vectors.shape
@@ -338,6 +339,9 @@ def train_rq(vectors: np.ndarray, settings: RQSettings, reference: RQModel | Non
         check_reference(reference, settings, dim)
     if rows == 0:
         raise RQError("no vectors to quantize: the run has no valid queries or items")
+    if reference is not None and referlayer >= depth:
+        model, codes, residual, _ = extend_rq(reference, vectors, depth)
+        return model, codes, residual
 
     residual = np.array(vectors, dtype=np.float32, copy=True)
     codes = np.empty((rows, depth), dtype=np.int64)
@@ -363,16 +367,9 @@ def train_rq(vectors: np.ndarray, settings: RQSettings, reference: RQModel | Non
     if settings.balanced_type:
         started = time.perf_counter()
         parents = model.parents_of(codes[:, : depth - 1])
-        if reference is not None and referlayer >= depth:
-            model.parent_ids, model.parent_offsets, model.parent_centroids = reference.parent_ids, reference.parent_offsets, reference.parent_centroids
-            local, rows_used, unseen = _assign_balanced(model, residual, parents)
-            model.stats["unseen_parent_points"] = unseen
-            seen = rows_used >= 0
-            residual[seen] -= model.parent_centroids[rows_used[seen]]
-        else:
-            model.parent_ids, model.parent_offsets, model.parent_centroids, local = _train_balanced(residual, parents, settings.k[-1], settings)
-            positions = np.searchsorted(model.parent_ids, parents)
-            residual -= model.parent_centroids[model.parent_offsets[positions] + local]
+        model.parent_ids, model.parent_offsets, model.parent_centroids, local = _train_balanced(residual, parents, settings.k[-1], settings)
+        positions = np.searchsorted(model.parent_ids, parents)
+        residual -= model.parent_centroids[model.parent_offsets[positions] + local]
         if settings.normalize_residuals:
             l2_normalize(residual)
         codes[:, depth - 1] = parents * settings.k[-1] + local
