@@ -468,25 +468,30 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     if not re.fullmatch(r"[1-9]\d*(-[1-9]\d*)*", args.k):
         parser.error(f"--k {args.k!r} must be positive cluster counts joined by '-', for example 1024-1024-1024")
     args.k = tuple(int(part) for part in args.k.split("-"))
+
     try:
         args.new_fractions = [float(part) for part in args.new_fraction.split(",") if part.strip()]
     except ValueError:
         parser.error(f"--new-fraction {args.new_fraction!r} must be comma-separated numbers, for example 0.001,0.01")
+
     for name in ("keys", "dim", "dict_terms", "niter", "max_points_per_centroid", "opq_m", "opq_bits", "opq_max_train_rows"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
     if not 0 < args.query_share < 1:
         parser.error(f"--query-share must be between 0 and 1 (exclusive), got {args.query_share}")
     if not 0 <= args.referlayer <= len(args.k):
         parser.error(f"--referlayer {args.referlayer} must be between 0 and the {len(args.k)} layers of --k")
     if any(not 0 < fraction <= 1 for fraction in args.new_fractions):
         parser.error(f"--new-fraction values must be in (0, 1], got {args.new_fraction}")
+
     if args.dim % args.opq_m:
         parser.error(f"--opq-m {args.opq_m} must divide --dim {args.dim}")
     if args.opq_bits > 16 or min(args.keys, args.opq_max_train_rows) < (1 << args.opq_bits):
         parser.error(f"--opq-bits {args.opq_bits} needs at most 16 bits and at least {1 << args.opq_bits} keys and training rows")
     if args.keys < max(args.k):
         parser.error(f"--keys {args.keys} must be at least the largest layer k ({max(args.k)})")
+
     if args.json is not None:
         try:
             args.json.parent.mkdir(parents=True, exist_ok=True)

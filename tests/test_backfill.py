@@ -35,7 +35,7 @@ def _config(root: Path, name: str):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Run DAYS as daily runs (each day's partition loaded just before its run), then as a
-    backfill in another home whose warehouse holds all three partitions before the first run."""
+    backfill in another home whose warehouse contains all three partitions before the first run."""
     root = tmp_path_factory.mktemp("backfill")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("ONESEARCH_HOME", raising=False)

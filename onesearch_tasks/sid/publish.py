@@ -79,7 +79,7 @@ def _journal_run_id(layout: StateLayout, ds: str) -> str | None:
 def _accepted_gates(run_dir: Path, manifest: dict) -> dict | None:
     """Return the gate override of a run that failed its gates, None when the gates passed.
 
-    Raises StorageError when the gates failed and nobody overrode them.
+    Raises StorageError when the gates failed and no override was recorded.
     """
     gates = manifest["steps"]["evaluate"].get("gates", {})
     if gates.get("passed", False):

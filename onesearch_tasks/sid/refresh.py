@@ -501,7 +501,7 @@ def _reference_rows(keys: pd.DataFrame, reference_keys: pd.DataFrame) -> np.ndar
 
 
 def rq_update_kind(run: Run) -> str:
-    """How this run's RQ model relates to its reference.
+    """Return how this run's RQ model relates to its reference.
 
     full: no reference. frozen: every layer reused. online: layers after referlayer updated
     with the new and changed keys only (extend_rq). refit: layers after referlayer retrained
